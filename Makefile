@@ -1,0 +1,55 @@
+# Two commands set up a fresh machine: `make quickstart` and `make test` (see README.md).
+# Set-up steps leave stamps in .venv/.stamps so that a second run skips what is done.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMPS := $(VENV)/.stamps
+PYTEST_ARGS ?=
+OUTPUT ?= output/quickstart
+DATA ?= datasets/synthetic_shapes
+
+.PHONY: setup quickstart test test-fast demo benchmark browser clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip "setuptools>=64" wheel
+
+# torch first, unpinned: pip takes the release this machine's index serves.
+$(STAMPS)/torch: | $(PY)
+	$(PIP) install --quiet torch torchvision
+	mkdir -p $(STAMPS) && touch $@
+
+$(STAMPS)/package: setup.cfg pyproject.toml $(STAMPS)/torch
+	$(PIP) install --quiet -e ".[test]"
+	touch $@
+
+# Always run: the installer itself is idempotent and says what it found.
+setup: $(STAMPS)/package
+	$(PY) tools/install_detectron2.py
+	$(PY) -m resbackbones.env
+
+# Debian's Chromium for the browser tests (Playwright drives the system browser).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing Debian's chromium for the browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+quickstart: setup
+	$(PY) tools/quickstart.py --data $(DATA) --output $(OUTPUT)
+
+test: setup browser
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) tools/gradio_demo.py --config-file $(OUTPUT)/config.yaml \
+		--opts MODEL.WEIGHTS $(OUTPUT)/model_final.pth
+
+benchmark: setup
+	$(PY) tools/benchmark.py
+
+clean:
+	rm -rf $(VENV) .cache build *.egg-info
