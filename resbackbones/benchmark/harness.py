@@ -1,0 +1,164 @@
+"""Timing and memory measurement shared by every contender of the benchmark.
+
+Contenders are measured round-robin ("interleaved") so that a slow phase of a noisy machine hits
+all of them alike; results are medians with the inter-quartile spread.
+"""
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import psutil
+import torch
+
+
+@dataclass
+class Timing:
+    """Seconds per call of one contender for one measurement."""
+
+    seconds: List[float] = field(default_factory=list)
+    peak_memory_bytes: int = 0
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def spread(self) -> float:
+        """Inter-quartile range in seconds (0 with fewer than 4 samples: max - min instead)."""
+        if len(self.seconds) < 4:
+            return max(self.seconds) - min(self.seconds)
+        quartiles = statistics.quantiles(self.seconds, n=4)
+        return quartiles[2] - quartiles[0]
+
+
+class PeakMemory:
+    """Peak memory during a block: the CUDA allocator's peak, or sampled RSS on CPU.
+
+    RSS is sampled every few milliseconds by a thread, because the process-wide high-water mark
+    (``ru_maxrss``) cannot be reset between contenders that share a process.
+    """
+
+    def __init__(self, device: torch.device, interval_s: float = 0.005):
+        self.device = device
+        self.interval_s = interval_s
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def _sample(self) -> None:
+        process = psutil.Process()
+        while not self._stop.is_set():
+            self.peak_bytes = max(self.peak_bytes, process.memory_info().rss)
+            time.sleep(self.interval_s)
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak_bytes = max(self.peak_bytes, psutil.Process().memory_info().rss)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_interleaved(
+    steps: Dict[str, Callable[[], None]],
+    device: torch.device,
+    warmup: int,
+    repeats: int,
+    progress: Optional[Callable[[str], None]] = None,
+) -> Dict[str, Timing]:
+    """Run every step ``warmup`` times, then ``repeats`` rounds of one call each, round-robin.
+
+    Args:
+        steps: name -> a callable doing one full unit of work (one iteration).
+        device: where the work runs (for synchronisation and memory).
+        warmup: untimed calls per step before measuring (allocator, autotuning, caches).
+        repeats: timed calls per step.
+        progress: called with a short text after each call, for a progress display.
+
+    Returns:
+        name -> :class:`Timing` with one duration per repeat and the peak memory.
+    """
+    results = {name: Timing() for name in steps}
+    for name, step in steps.items():
+        for index in range(warmup):
+            step()
+            if progress:
+                progress(f"warm-up {name} {index + 1}/{warmup}")
+    _synchronize(device)
+    for round_index in range(repeats):
+        for name, step in steps.items():
+            with PeakMemory(device) as memory:
+                start = time.perf_counter()
+                step()
+                _synchronize(device)
+                results[name].seconds.append(time.perf_counter() - start)
+            results[name].peak_memory_bytes = max(results[name].peak_memory_bytes,
+                                                  memory.peak_bytes)
+            if progress:
+                progress(f"round {round_index + 1}/{repeats} {name}")
+    return results
+
+
+def count_flops(run_once: Callable[[], None]) -> int:
+    """FLOPs of one call, counted by PyTorch's ``FlopCounterMode`` (2 per multiply-add).
+
+    Counting happens in eager mode on the real inputs, so data-dependent parts (the number of
+    proposals and detections) are counted as they run; torchvision models need no tracing.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        run_once()
+    return int(counter.get_total_flops())
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def describe_device(device: torch.device) -> str:
+    """A human-readable name of the device the figures come from."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"CPU {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def ratio_table(timings: Dict[str, Timing], reference: str) -> List[Sequence]:
+    """Rows (name, median s, spread s, speed-up vs reference) for a report."""
+    reference_median = timings[reference].median
+    return [
+        (name, timing.median, timing.spread, reference_median / timing.median)
+        for name, timing in timings.items()
+    ]

@@ -1,0 +1,226 @@
+"""The benchmark: resbackbones vs Detectron2's built-in ResNet vs torchvision, in one process.
+
+Every figure in a report comes from one run on one machine, and speed is reported as a ratio to
+Detectron2's built-in backbone measured in the same run: absolute seconds on a shared machine
+are noise, ratios are not (as much).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from resbackbones.benchmark.contenders import (
+    Contender,
+    detection_counts,
+    detectron2_contender,
+    synthetic_image,
+    torchvision_contender,
+)
+from resbackbones.benchmark.harness import (
+    Timing,
+    count_flops,
+    count_parameters,
+    describe_device,
+    measure_interleaved,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = "configs/COCO-InstanceSegmentation/mask_rcnn_resnet50_FPN_1x.yaml"
+REFERENCE = "detectron2 built-in"
+
+# Detectron2's built-in ResNet settings (MODEL.RESNETS.*) of the same network as a catalog entry:
+# depth, groups, width per group, res2 channels. Stride in the 3x3 conv, as timm/torchvision.
+BUILTIN_TWINS: Dict[str, Tuple[int, int, int, int]] = {
+    "resnet18": (18, 1, 64, 64),
+    "resnet34": (34, 1, 64, 64),
+    "resnet50": (50, 1, 64, 256),
+    "resnet101": (101, 1, 64, 256),
+    "resnet152": (152, 1, 64, 256),
+    "resnext50_32x4d": (50, 32, 4, 256),
+    "resnext101_32x4d": (101, 32, 4, 256),
+    "resnext101_32x8d": (101, 32, 8, 256),
+    "resnext101_64x4d": (101, 64, 4, 256),
+}
+
+
+@dataclass
+class BenchmarkSettings:
+    """What to measure. Defaults follow COCO's test size and a 2-image CPU training batch."""
+
+    config_file: str = DEFAULT_CONFIG
+    arch: Optional[str] = None
+    height: int = 800
+    width: int = 1333
+    warmup: int = 1
+    repeats: int = 5
+    train_batch: int = 2
+    train_repeats: int = 3
+    include_training: bool = True
+    include_torchvision: bool = True
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    opts: List[str] = field(default_factory=list)
+
+
+@dataclass
+class ComparisonResult:
+    settings: BenchmarkSettings
+    device_name: str
+    inference: Dict[str, Timing]
+    training: Dict[str, Timing]
+    flops: Dict[str, int]
+    parameters: Dict[str, int]
+    detections: Dict[str, int]
+    descriptions: Dict[str, str]
+
+
+def _save_random_timm_weights(arch: str, directory: str) -> str:
+    """A randomly initialised ImageNet-style checkpoint of ``arch`` in timm's naming.
+
+    The benchmark loads it through ``MODEL.RESBACKBONE.WEIGHTS`` exactly as a user loads
+    downloaded weights, which is also what allows FrozenBN (frozen BN needs weights).
+    """
+    import timm
+    from safetensors.torch import save_file
+
+    from resbackbones.catalog import get_entry
+
+    model = timm.create_model(get_entry(arch).timm_name, pretrained=False)
+    path = os.path.join(directory, f"{arch}_random.safetensors")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    return path
+
+
+def resbackbones_config(settings: BenchmarkSettings, weights_file: str):
+    """The config of our contender: the config file, ``arch`` and ``opts`` applied."""
+    from detectron2.config import get_cfg
+
+    from resbackbones.config import add_resbackbone_config, apply_catalog_input_normalization
+
+    cfg = get_cfg()
+    add_resbackbone_config(cfg)
+    cfg.merge_from_file(settings.config_file)
+    if settings.arch:
+        cfg.MODEL.RESBACKBONE.ARCH = settings.arch
+        apply_catalog_input_normalization(cfg)
+    cfg.merge_from_list(list(settings.opts))
+    cfg.MODEL.RESBACKBONE.WEIGHTS = weights_file
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.DEVICE = settings.device
+    return cfg
+
+
+def builtin_twin_config(ours):
+    """Detectron2's built-in R-CNN FPN config with the same network, heads and thresholds."""
+    arch = ours.MODEL.RESBACKBONE.ARCH
+    if arch not in BUILTIN_TWINS:
+        raise ValueError(f"Detectron2's built-in ResNet has no twin of '{arch}'; choose one of "
+                         f"{sorted(BUILTIN_TWINS)} for a comparison.")
+    depth, groups, width_per_group, res2_channels = BUILTIN_TWINS[arch]
+    cfg = ours.clone()
+    cfg.defrost()
+    cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
+    cfg.MODEL.RESNETS.DEPTH = depth
+    cfg.MODEL.RESNETS.NUM_GROUPS = groups
+    cfg.MODEL.RESNETS.WIDTH_PER_GROUP = width_per_group
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = res2_channels
+    cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False
+    cfg.MODEL.RESNETS.NORM = "FrozenBN"
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    return cfg
+
+
+def build_contenders(settings: BenchmarkSettings, weights_dir: str) -> List[Contender]:
+    """Ours, Detectron2's built-in twin and (for R50) torchvision, on the same image."""
+    image = synthetic_image(settings.height, settings.width)
+    arch_cfg = resbackbones_config(settings, "")
+    arch = arch_cfg.MODEL.RESBACKBONE.ARCH
+    weights = _save_random_timm_weights(arch, weights_dir)
+    ours = resbackbones_config(settings, weights)
+    contenders = [
+        detectron2_contender(
+            "resbackbones", ours, image, settings.train_batch,
+            f"{arch} from timm, {ours.MODEL.RESBACKBONE.NORM}, config {settings.config_file}"),
+        detectron2_contender(
+            REFERENCE, builtin_twin_config(ours), image, settings.train_batch,
+            "detectron2.modeling.build_resnet_fpn_backbone, same depth/width, stride in 3x3"),
+    ]
+    if settings.include_torchvision and arch == "resnet50":
+        contenders.append(torchvision_contender(image, torch.device(settings.device),
+                                                settings.train_batch, ours.MODEL.MASK_ON))
+    return contenders
+
+
+def run_comparison(settings: BenchmarkSettings) -> ComparisonResult:
+    """Measure inference (and training) of every contender, interleaved, in this process."""
+    from tqdm import tqdm
+
+    device = torch.device(settings.device)
+    with tempfile.TemporaryDirectory(prefix="resbackbones-bench-") as weights_dir:
+        contenders = build_contenders(settings, weights_dir)
+    names = [c.name for c in contenders]
+    logger.info("benchmarking %s at %dx%d on %s", names, settings.height, settings.width,
+                describe_device(device))
+    detections = {c.name: detection_counts(c.infer())["detections"] for c in contenders}
+    flops = {c.name: count_flops(c.infer) for c in contenders}
+    total = len(contenders) * (settings.warmup + settings.repeats)
+    with tqdm(total=total, desc="inference", leave=False) as bar:
+        inference = measure_interleaved({c.name: c.infer for c in contenders}, device,
+                                        settings.warmup, settings.repeats,
+                                        progress=lambda _: bar.update())
+    training: Dict[str, Timing] = {}
+    if settings.include_training:
+        total = len(contenders) * (settings.warmup + settings.train_repeats)
+        with tqdm(total=total, desc="training", leave=False) as bar:
+            training = measure_interleaved({c.name: c.train_step for c in contenders}, device,
+                                           settings.warmup, settings.train_repeats,
+                                           progress=lambda _: bar.update())
+    return ComparisonResult(
+        settings=settings,
+        device_name=describe_device(device),
+        inference=inference,
+        training=training,
+        flops=flops,
+        parameters={c.name: count_parameters(c.model) for c in contenders},
+        detections=detections,
+        descriptions={c.name: c.description for c in contenders},
+    )
+
+
+@dataclass
+class ScalingRow:
+    arch: str
+    height: int
+    width: int
+    seconds: float
+    spread: float
+    peak_memory_bytes: int
+    gflops: float
+
+
+def run_scaling(settings: BenchmarkSettings, archs: Sequence[str],
+                sizes: Sequence[Tuple[int, int]], size_arch: str = "resnet50") -> List[ScalingRow]:
+    """Inference latency and memory of our detector across architectures and input sizes."""
+    from tqdm import tqdm
+
+    device = torch.device(settings.device)
+    plan = [(arch, settings.height, settings.width) for arch in archs]
+    plan += [(size_arch, h, w) for h, w in sizes if (h, w) != (settings.height, settings.width)]
+    rows = []
+    for arch, height, width in tqdm(plan, desc="scaling", leave=False):
+        with tempfile.TemporaryDirectory(prefix="resbackbones-bench-") as weights_dir:
+            one = BenchmarkSettings(**{**settings.__dict__, "arch": arch,
+                                       "height": height, "width": width})
+            cfg = resbackbones_config(one, _save_random_timm_weights(arch, weights_dir))
+            contender = detectron2_contender(arch, cfg, synthetic_image(height, width), 1, "")
+        timing = measure_interleaved({arch: contender.infer}, device, settings.warmup,
+                                     settings.repeats)[arch]
+        rows.append(ScalingRow(arch, height, width, timing.median, timing.spread,
+                               timing.peak_memory_bytes, count_flops(contender.infer) / 1e9))
+        del contender
+    return rows

@@ -1,0 +1,79 @@
+"""The benchmark runs end to end at a tiny size and writes its tables; its helpers are right."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from resbackbones.benchmark.contenders import calibrate_frozen_batchnorm, synthetic_boxes
+from resbackbones.benchmark.harness import Timing, measure_interleaved
+from resbackbones.benchmark.report import write_section
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_measure_interleaved_alternates_contenders():
+    calls = []
+    steps = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    timings = measure_interleaved(steps, torch.device("cpu"), warmup=1, repeats=3)
+    assert calls == ["a", "b"] + ["a", "b"] * 3
+    assert all(len(t.seconds) == 3 and t.peak_memory_bytes > 0 for t in timings.values())
+
+
+def test_timing_summary():
+    timing = Timing(seconds=[1.0, 2.0, 3.0, 4.0, 100.0])
+    assert timing.median == 3.0
+    assert 0 < timing.spread < 100
+
+
+def test_calibrated_frozen_bn_normalises_its_input():
+    from detectron2.layers import FrozenBatchNorm2d
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), FrozenBatchNorm2d(8))
+    inputs = torch.randn(4, 3, 16, 16) * 50 + 7
+    with torch.no_grad():
+        assert calibrate_frozen_batchnorm(model, lambda: model(inputs)) == 1
+        output = model(inputs)
+    assert output.mean(dim=(0, 2, 3)).abs().max() < 1e-3
+    assert (output.var(dim=(0, 2, 3)) - 1).abs().max() < 1e-2
+
+
+def test_synthetic_boxes_lie_inside_the_image():
+    boxes = synthetic_boxes(100, 200)
+    assert (boxes[:, 0] < boxes[:, 2]).all() and (boxes[:, 1] < boxes[:, 3]).all()
+    assert boxes[:, [0, 2]].max() < 200 and boxes[:, [1, 3]].max() < 100 and boxes.min() >= 0
+
+
+def test_write_section_keeps_other_devices(tmp_path):
+    path = str(tmp_path / "BENCH.md")
+    write_section(path, "cuda", "gpu figures")
+    write_section(path, "cpu", "cpu figures v1")
+    write_section(path, "cpu", "cpu figures v2")
+    text = open(path).read()
+    assert "gpu figures" in text and "cpu figures v2" in text and "v1" not in text
+    assert text.count("<!-- BEGIN cpu -->") == 1
+
+
+@pytest.mark.slow
+def test_benchmark_tool_runs_and_writes_table(tmp_path):
+    output = tmp_path / "BENCHMARKS.md"
+    command = [sys.executable, "tools/benchmark.py", "--config-file",
+               "configs/COCO-InstanceSegmentation/mask_rcnn_resnet18_FPN_1x.yaml",
+               "--height", "96", "--width", "128", "--repeats", "1", "--warmup", "0",
+               "--train-repeats", "1", "--train-batch", "1", "--scaling-archs", "resnet18",
+               "--scaling-size-arch", "resnet18", "--scaling-sizes", "64x96", "96x128",
+               "--output", str(output), "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
+               "TEST.DETECTIONS_PER_IMAGE", "10"]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=900, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = output.read_text()
+    assert "| resbackbones" in text and "| detectron2 built-in" in text
+    assert "vs built-in" in text and "### Scaling" in text
+    assert (tmp_path / "benchmark_scaling_cpu.png").stat().st_size > 1000
+    row = next(line for line in text.splitlines() if line.startswith("| resbackbones"))
+    detections = int(row.split("|")[9])
+    assert 0 < detections <= 10

@@ -1,0 +1,79 @@
+#!/usr/bin/env python
+"""Benchmark a resbackbones detector against Detectron2's built-in ResNet and torchvision.
+
+    python tools/benchmark.py                                   # Mask R-CNN R50-FPN, 800x1333
+    python tools/benchmark.py --arch resnext101_32x8d --no-training
+    python tools/benchmark.py --height 256 --width 320 --output /tmp/BENCH.md --no-scaling
+
+Writes (or updates this device's section of) BENCHMARKS.md and a scaling plot next to it.
+"""
+import argparse
+import logging
+import os
+import sys
+
+import torch
+
+from resbackbones.benchmark.report import plot_scaling, section_body, write_section
+from resbackbones.benchmark.run import BenchmarkSettings, run_comparison, run_scaling
+
+SCALING_ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+                 "resnext101_32x8d", "wide_resnet50_2"]
+SCALING_SIZES = ["512x853", "800x1333", "1024x1707"]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    defaults = BenchmarkSettings()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config-file", default=defaults.config_file)
+    parser.add_argument("--arch", default=None, help="override MODEL.RESBACKBONE.ARCH")
+    parser.add_argument("--height", type=int, default=defaults.height)
+    parser.add_argument("--width", type=int, default=defaults.width)
+    parser.add_argument("--warmup", type=int, default=defaults.warmup)
+    parser.add_argument("--repeats", type=int, default=defaults.repeats)
+    parser.add_argument("--train-batch", type=int, default=defaults.train_batch,
+                        help="images per training iteration (default 2; CPU-sized)")
+    parser.add_argument("--train-repeats", type=int, default=defaults.train_repeats)
+    parser.add_argument("--no-training", action="store_true")
+    parser.add_argument("--no-scaling", action="store_true")
+    parser.add_argument("--scaling-archs", nargs="+", default=SCALING_ARCHS)
+    parser.add_argument("--scaling-sizes", nargs="+", default=SCALING_SIZES,
+                        help="HEIGHTxWIDTH input sizes for the size sweep")
+    parser.add_argument("--scaling-size-arch", default="resnet50",
+                        help="architecture of the size sweep")
+    parser.add_argument("--device", default=defaults.device)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--output", default="BENCHMARKS.md")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = BenchmarkSettings(
+        config_file=args.config_file, arch=args.arch, height=args.height, width=args.width,
+        warmup=args.warmup, repeats=args.repeats, train_batch=args.train_batch,
+        train_repeats=args.train_repeats, include_training=not args.no_training,
+        device=args.device, opts=args.opts)
+    result = run_comparison(settings)
+    scaling = []
+    plot_name = None
+    device_kind = "cuda" if args.device.startswith("cuda") else "cpu"
+    if not args.no_scaling:
+        sizes = [tuple(int(v) for v in size.lower().split("x")) for size in args.scaling_sizes]
+        scaling = run_scaling(settings, args.scaling_archs, sizes, args.scaling_size_arch)
+        plot_name = f"benchmark_scaling_{device_kind}.png"
+        plot_scaling(scaling, os.path.join(os.path.dirname(os.path.abspath(args.output)),
+                                           plot_name))
+    body = section_body(result, scaling, plot_name)
+    write_section(args.output, device_kind, body)
+    print(body)
+    print(f"\nwrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
