@@ -1,0 +1,87 @@
+"""Convert a timm or torchvision checkpoint into a Detectron2 checkpoint for one architecture.
+
+The weights are loaded into the real backbone first (with the same checks and report as
+``MODEL.RESBACKBONE.WEIGHTS``), then its state dict is written under Detectron2 names, so a file
+this writes always fits the architecture it names.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from typing import Dict, Optional
+
+import torch
+
+from resbackbones.catalog import get_entry
+from resbackbones.checkpoint.loader import WeightLoadReport, load_backbone_weights
+
+__all__ = ["DETECTRON2_FPN_PREFIX", "convert_to_detectron2", "OUTPUT_FORMATS"]
+
+logger = logging.getLogger(__name__)
+
+# Where the timm body sits in a Detectron2 model built with the FPN builders.
+DETECTRON2_FPN_PREFIX = "backbone.bottom_up.body."
+OUTPUT_FORMATS = ("pth", "safetensors", "pkl")
+
+
+def _output_format(output: str, requested: Optional[str]) -> str:
+    extension = os.path.splitext(output)[1].lower().lstrip(".")
+    fmt = requested or {"pth": "pth", "safetensors": "safetensors", "pkl": "pkl"}.get(extension)
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"Cannot tell the output format of '{output}': use a .pth, .safetensors "
+                         "or .pkl name, or pass the format explicitly.")
+    if fmt == "pkl" and requested != "pkl":
+        raise ValueError(f"'{output}' would be a plain pickle: pass format 'pkl' (--format pkl) to "
+                         "ask for one explicitly, or write .pth/.safetensors instead.")
+    return fmt
+
+
+def convert_to_detectron2(
+    source: str,
+    arch: str,
+    output: str,
+    prefix: str = DETECTRON2_FPN_PREFIX,
+    output_format: Optional[str] = None,
+    allow_partial: bool = False,
+) -> WeightLoadReport:
+    """Write ``source`` weights as a Detectron2 checkpoint for architecture ``arch``.
+
+    Args:
+        source: a MODEL.RESBACKBONE.WEIGHTS value: local timm/torchvision file, "imagenet" or
+            "timm:<model>.<tag>".
+        arch: catalog name (or ``timm:<model>``).
+        output: file to write. ``.pth`` (default; ``{"model": ...}``, what MODEL.WEIGHTS reads),
+            ``.safetensors`` (flat, for MODEL.RESBACKBONE.WEIGHTS) or ``.pkl`` (Detectron2's numpy
+            pickle; only with ``output_format="pkl"``).
+        prefix: key prefix; the default fits the FPN builders. Use ``"backbone.body."`` for
+            ``build_resbackbone_backbone``.
+        output_format: ``"pth"``, ``"safetensors"`` or ``"pkl"``; default from the extension.
+        allow_partial: write even if some backbone keys stay random (not recommended).
+
+    Returns:
+        The load report.
+    """
+    from resbackbones.modeling.timm_backbone import TimmResNetBackbone
+
+    fmt = _output_format(output, output_format)
+    backbone = TimmResNetBackbone(get_entry(arch), norm="BN")
+    report = load_backbone_weights(backbone, source, allow_partial=allow_partial)
+    state: Dict[str, torch.Tensor] = {
+        prefix + key: value.detach().contiguous()
+        for key, value in backbone.body.state_dict().items()
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, output, metadata={"format": "pt", "resbackbones_arch": arch})
+    elif fmt == "pth":
+        torch.save({"model": state, "__author__": "resbackbones", "matching_heuristics": False},
+                   output)
+    else:
+        with open(output, "wb") as f:
+            pickle.dump({"model": {k: v.numpy() for k, v in state.items()},
+                         "__author__": "resbackbones", "matching_heuristics": False}, f)
+    logger.info(f"Wrote {len(state)} tensors for '{arch}' to {output} ({fmt}, keys '{prefix}*').")
+    return report

@@ -1,0 +1,143 @@
+"""Builders registered in Detectron2's BACKBONE_REGISTRY (selected by MODEL.BACKBONE.NAME).
+
+* ``build_resbackbone_backbone``: the bottom-up network alone, outputs res2..res5.
+* ``build_resbackbone_fpn_backbone``: + FPN with P2-P6 (LastLevelMaxPool), for Faster/Mask R-CNN.
+* ``build_resbackbone_retinanet_fpn_backbone``: + FPN with P3-P7 (LastLevelP6P7 from res5), for
+  RetinaNet.
+
+All read ``MODEL.RESBACKBONE.*`` (see :mod:`resbackbones.config`), ``MODEL.BACKBONE.FREEZE_AT``
+and Detectron2's ``MODEL.FPN.*``.
+"""
+from __future__ import annotations
+
+import logging
+from typing import List, Optional
+
+from detectron2.config import CfgNode
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, FPN, Backbone
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
+
+from resbackbones.catalog import get_entry
+from resbackbones.checkpoint.loader import load_backbone_weights
+from resbackbones.config import VALID_NORMS, check_input_normalization
+from resbackbones.modeling.timm_backbone import TimmResNetBackbone
+
+__all__ = [
+    "build_resbackbone_backbone",
+    "build_resbackbone_fpn_backbone",
+    "build_resbackbone_retinanet_fpn_backbone",
+]
+
+logger = logging.getLogger(__name__)
+
+_FPN_DEFAULT_IN_FEATURES = ["res2", "res3", "res4", "res5"]
+_RETINANET_DEFAULT_IN_FEATURES = ["res3", "res4", "res5"]
+
+
+def _check_config(cfg: CfgNode) -> None:
+    if "RESBACKBONE" not in cfg.MODEL:
+        raise KeyError("cfg.MODEL.RESBACKBONE is missing: call "
+                       "resbackbones.add_resbackbone_config(cfg) before merging the YAML file.")
+    norm = cfg.MODEL.RESBACKBONE.NORM
+    if norm not in VALID_NORMS:
+        raise ValueError(f"MODEL.RESBACKBONE.NORM {norm!r} is invalid; valid: "
+                         f"{', '.join(VALID_NORMS)}.")
+    has_weights = bool(cfg.MODEL.RESBACKBONE.WEIGHTS) or bool(cfg.MODEL.WEIGHTS)
+    if norm == "FrozenBN" and not has_weights:
+        raise ValueError(
+            "MODEL.RESBACKBONE.NORM is 'FrozenBN' but no weights are given (MODEL.RESBACKBONE."
+            "WEIGHTS and MODEL.WEIGHTS are both empty): frozen BatchNorm on a randomly "
+            "initialised backbone disables normalisation. To train from scratch use NORM 'BN', "
+            "'GN' or 'naiveSyncBN'; otherwise set MODEL.RESBACKBONE.WEIGHTS (e.g. 'imagenet').")
+    if cfg.MODEL.BACKBONE.FREEZE_AT > 0 and not has_weights:
+        logger.warning(
+            f"MODEL.BACKBONE.FREEZE_AT={cfg.MODEL.BACKBONE.FREEZE_AT} freezes randomly initialised "
+            "layers (no MODEL.RESBACKBONE.WEIGHTS or MODEL.WEIGHTS); set FREEZE_AT 0 to train "
+            "from scratch.")
+
+
+@BACKBONE_REGISTRY.register()
+def build_resbackbone_backbone(cfg: CfgNode, input_shape: Optional[ShapeSpec] = None) -> Backbone:
+    """Build the bottom-up backbone (res2..res5) from ``MODEL.RESBACKBONE``.
+
+    Order: timm model -> norm conversion -> pretrained weights (with report) -> freezing.
+
+    Args:
+        cfg: config with ``MODEL.RESBACKBONE`` (see ``add_resbackbone_config``).
+        input_shape: Detectron2's input ShapeSpec; only 3-channel input is supported.
+
+    Returns:
+        a :class:`TimmResNetBackbone`.
+    """
+    _check_config(cfg)
+    if input_shape is not None and input_shape.channels not in (None, 3):
+        raise ValueError(f"resbackbones backbones take 3-channel images; MODEL.PIXEL_MEAN has "
+                         f"{input_shape.channels} values.")
+    settings = cfg.MODEL.RESBACKBONE
+    entry = get_entry(settings.ARCH)
+    if not entry.tested:
+        logger.warning(f"Architecture '{settings.ARCH}' is outside the tested catalog.")
+    backbone = TimmResNetBackbone(entry, out_features=settings.OUT_FEATURES, norm=settings.NORM)
+    if settings.WEIGHTS:
+        load_backbone_weights(backbone, settings.WEIGHTS,
+                              allow_partial=settings.ALLOW_PARTIAL_WEIGHTS)
+        check_input_normalization(cfg)
+    return backbone.freeze(cfg.MODEL.BACKBONE.FREEZE_AT)
+
+
+def _fpn_in_features(cfg: CfgNode, bottom_up: Backbone, default: List[str]) -> List[str]:
+    in_features = list(cfg.MODEL.FPN.IN_FEATURES) or default
+    available = list(bottom_up.output_shape())
+    missing = [name for name in in_features if name not in available]
+    if missing:
+        raise ValueError(f"MODEL.FPN.IN_FEATURES {in_features} needs {missing}, which "
+                         f"MODEL.RESBACKBONE.OUT_FEATURES {available} does not produce; add them "
+                         "to OUT_FEATURES.")
+    return in_features
+
+
+@BACKBONE_REGISTRY.register()
+def build_resbackbone_fpn_backbone(cfg: CfgNode, input_shape: Optional[ShapeSpec] = None) -> FPN:
+    """Bottom-up backbone + FPN with outputs p2..p6 (Faster/Mask R-CNN).
+
+    ``MODEL.FPN.IN_FEATURES`` defaults to res2..res5 when empty.
+
+    Returns:
+        Detectron2's :class:`FPN` (``size_divisibility`` 32).
+    """
+    bottom_up = build_resbackbone_backbone(cfg, input_shape)
+    return FPN(
+        bottom_up=bottom_up,
+        in_features=_fpn_in_features(cfg, bottom_up, _FPN_DEFAULT_IN_FEATURES),
+        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=LastLevelMaxPool(),
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+    )
+
+
+@BACKBONE_REGISTRY.register()
+def build_resbackbone_retinanet_fpn_backbone(
+    cfg: CfgNode, input_shape: Optional[ShapeSpec] = None
+) -> FPN:
+    """Bottom-up backbone + FPN with outputs p3..p7 (RetinaNet); P6 is computed from res5.
+
+    ``MODEL.FPN.IN_FEATURES`` defaults to res3..res5 when empty.
+
+    Returns:
+        Detectron2's :class:`FPN`.
+    """
+    bottom_up = build_resbackbone_backbone(cfg, input_shape)
+    if "res5" not in bottom_up.output_shape():
+        raise ValueError("The RetinaNet FPN computes P6/P7 from res5: add 'res5' to "
+                         "MODEL.RESBACKBONE.OUT_FEATURES.")
+    out_channels = cfg.MODEL.FPN.OUT_CHANNELS
+    return FPN(
+        bottom_up=bottom_up,
+        in_features=_fpn_in_features(cfg, bottom_up, _RETINANET_DEFAULT_IN_FEATURES),
+        out_channels=out_channels,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=LastLevelP6P7(bottom_up.output_shape()["res5"].channels, out_channels, "res5"),
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+    )
