@@ -53,6 +53,25 @@ def add_resbackbone_config(cfg: CN) -> CN:
     # If False (default), loading fails when any backbone parameter would stay random or the file
     # has backbone keys the architecture lacks. True only logs the report and goes on.
     cfg.MODEL.RESBACKBONE.ALLOW_PARTIAL_WEIGHTS = False
+    # True puts the stride of each downsampling bottleneck in its first 1x1 conv instead of the
+    # 3x3 one: Detectron2's MODEL.RESNETS.STRIDE_IN_1X1, needed by MSRA weights (R-50.pkl,
+    # R-101.pkl and the model-zoo R50/R101 detectors); False for timm, torchvision and FAIR X101.
+    # Only for the ResNet, ResNeXt and Wide ResNet catalog families.
+    cfg.MODEL.RESBACKBONE.STRIDE_IN_1X1 = False
+    # Speed-ups of backbone + FPN (outputs equal within the tolerances of tests/test_speedups.py).
+    # Channels-last memory format inside backbone + FPN (features reach the heads as NCHW):
+    # "auto" (on for CPU, and on CUDA when autocast is active), "on" or "off".
+    cfg.MODEL.RESBACKBONE.CHANNELS_LAST = "auto"
+    # At inference (eval mode, no grad) run a copy of the bottom-up network whose BatchNorms are
+    # folded into the preceding convolutions; rebuilt whenever the weights change.
+    cfg.MODEL.RESBACKBONE.FOLD_BN_FOR_INFERENCE = True
+    # Mixed precision for backbone + FPN at inference: "off", "bf16", "fp16" or "auto" (bf16 where
+    # the device supports it, else fp16). Off by default: it changes outputs beyond float32
+    # tolerance. Training AMP is Detectron2's SOLVER.AMP.ENABLED.
+    cfg.MODEL.RESBACKBONE.INFERENCE_AMP = "off"
+    # torch.compile the bottom-up network for inference (first call compiles, each new input
+    # size recompiles); falls back to eager with a warning where compilation fails.
+    cfg.MODEL.RESBACKBONE.COMPILE = False
     return cfg
 
 

@@ -21,6 +21,8 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 from resbackbones.catalog import get_entry
 from resbackbones.checkpoint.loader import load_backbone_weights
 from resbackbones.config import VALID_NORMS, check_input_normalization
+from resbackbones.modeling.fpn import ResBackboneFPN
+from resbackbones.modeling.detectron2_compat import set_stride_in_1x1
 from resbackbones.modeling.timm_backbone import TimmResNetBackbone
 
 __all__ = [
@@ -78,11 +80,19 @@ def build_resbackbone_backbone(cfg: CfgNode, input_shape: Optional[ShapeSpec] = 
     entry = get_entry(settings.ARCH)
     if not entry.tested:
         logger.warning(f"Architecture '{settings.ARCH}' is outside the tested catalog.")
-    backbone = TimmResNetBackbone(entry, out_features=settings.OUT_FEATURES, norm=settings.NORM)
+    backbone = TimmResNetBackbone(
+        entry, out_features=settings.OUT_FEATURES, norm=settings.NORM,
+        channels_last=settings.CHANNELS_LAST,
+        fold_bn_for_inference=settings.FOLD_BN_FOR_INFERENCE,
+        compile_for_inference=settings.COMPILE,
+    )
+    if settings.STRIDE_IN_1X1:
+        set_stride_in_1x1(backbone)
     if settings.WEIGHTS:
-        load_backbone_weights(backbone, settings.WEIGHTS,
-                              allow_partial=settings.ALLOW_PARTIAL_WEIGHTS)
-        check_input_normalization(cfg)
+        report = load_backbone_weights(backbone, settings.WEIGHTS,
+                                       allow_partial=settings.ALLOW_PARTIAL_WEIGHTS)
+        if report.timm_input_normalization:  # Detectron2/Caffe2 files: the config decides
+            check_input_normalization(cfg)
     return backbone.freeze(cfg.MODEL.BACKBONE.FREEZE_AT)
 
 
@@ -107,13 +117,15 @@ def build_resbackbone_fpn_backbone(cfg: CfgNode, input_shape: Optional[ShapeSpec
         Detectron2's :class:`FPN` (``size_divisibility`` 32).
     """
     bottom_up = build_resbackbone_backbone(cfg, input_shape)
-    return FPN(
+    bottom_up.return_channels_last = True
+    return ResBackboneFPN(
         bottom_up=bottom_up,
         in_features=_fpn_in_features(cfg, bottom_up, _FPN_DEFAULT_IN_FEATURES),
         out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
         norm=cfg.MODEL.FPN.NORM,
         top_block=LastLevelMaxPool(),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+        inference_amp=cfg.MODEL.RESBACKBONE.INFERENCE_AMP,
     )
 
 
@@ -129,15 +141,17 @@ def build_resbackbone_retinanet_fpn_backbone(
         Detectron2's :class:`FPN`.
     """
     bottom_up = build_resbackbone_backbone(cfg, input_shape)
+    bottom_up.return_channels_last = True
     if "res5" not in bottom_up.output_shape():
         raise ValueError("The RetinaNet FPN computes P6/P7 from res5: add 'res5' to "
                          "MODEL.RESBACKBONE.OUT_FEATURES.")
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS
-    return FPN(
+    return ResBackboneFPN(
         bottom_up=bottom_up,
         in_features=_fpn_in_features(cfg, bottom_up, _RETINANET_DEFAULT_IN_FEATURES),
         out_channels=out_channels,
         norm=cfg.MODEL.FPN.NORM,
         top_block=LastLevelP6P7(bottom_up.output_shape()["res5"].channels, out_channels, "res5"),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+        inference_amp=cfg.MODEL.RESBACKBONE.INFERENCE_AMP,
     )

@@ -102,32 +102,62 @@ def _state_versions(module: nn.Module) -> List[Tuple[int, int]]:
 
 
 class FoldedInferenceCopy:
-    """A BN-folded (optionally channels-last) copy of a network, rebuilt when it goes stale.
+    """A BN-folded (optionally channels-last, compiled) copy of a network, rebuilt when stale.
 
     Not an ``nn.Module`` attribute of its owner on purpose: the copy must not appear in the
     owner's ``state_dict`` nor in ``parameters()`` (optimizers, DDP, checkpoints).
     """
 
-    def __init__(self, channels_last: bool = False):
-        self.channels_last = channels_last
+    def __init__(self, compile_for_inference: bool = False):
+        self.compile_for_inference = compile_for_inference
         self._copy: Optional[nn.Module] = None
-        self._source_versions: Optional[List[Tuple[int, int]]] = None
+        self._key: Optional[tuple] = None
         self.folded_count = 0
 
-    def get(self, source: nn.Module) -> nn.Module:
+    def get(self, source: nn.Module, channels_last: bool = False) -> nn.Module:
         """The folded copy of ``source``, rebuilt if any of its tensors changed."""
-        versions = _state_versions(source)
-        if self._copy is None or versions != self._source_versions:
+        key = (channels_last, tuple(_state_versions(source)))
+        if self._copy is None or key != self._key:
             folded = copy.deepcopy(source).eval()
             for parameter in folded.parameters():
                 parameter.requires_grad_(False)
             self.folded_count = fold_batchnorm(folded)
-            if self.channels_last:
+            if channels_last:
                 folded = folded.to(memory_format=torch.channels_last)
+            if self.compile_for_inference:
+                folded = _compiled_or_eager(folded)
             self._copy = folded
-            self._source_versions = versions
+            self._key = key
         return self._copy
 
     def clear(self) -> None:
         self._copy = None
-        self._source_versions = None
+        self._key = None
+
+
+class _CompiledIntermediates(nn.Module):
+    """Compiles ``forward_intermediates`` of a timm model; eager again on the first failure."""
+
+    def __init__(self, body: nn.Module):
+        super().__init__()
+        self.body = body
+        self._compiled = torch.compile(body.forward_intermediates, dynamic=False)
+        self._failed = False
+
+    def forward_intermediates(self, x, **kwargs):
+        if not self._failed:
+            try:
+                return self._compiled(x, **kwargs)
+            except Exception as error:  # compilation problems surface at the first call
+                import logging
+
+                logging.getLogger(__name__).warning(
+                    "torch.compile of the backbone failed (%s: %s); running it eagerly. Set "
+                    "MODEL.RESBACKBONE.COMPILE False to skip the attempt.",
+                    type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+                self._failed = True
+        return self.body.forward_intermediates(x, **kwargs)
+
+
+def _compiled_or_eager(body: nn.Module) -> nn.Module:
+    return _CompiledIntermediates(body)

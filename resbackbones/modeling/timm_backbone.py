@@ -29,12 +29,16 @@ from timm.layers import freeze_batch_norm_2d
 from torch import nn
 
 from resbackbones.catalog import STAGE_NAMES, CatalogEntry
+from resbackbones.modeling.inference import FoldedInferenceCopy
 from resbackbones.modeling.norms import convert_norm
 
-__all__ = ["TimmResNetBackbone", "select_stride_indices", "STAGE_STRIDES"]
+__all__ = ["TimmResNetBackbone", "select_stride_indices", "STAGE_STRIDES",
+           "CHANNELS_LAST_CHOICES"]
 
 logger = logging.getLogger(__name__)
 
+# Values of MODEL.RESBACKBONE.CHANNELS_LAST.
+CHANNELS_LAST_CHOICES = ("auto", "on", "off")
 # Stride of each Detectron2 stage name.
 STAGE_STRIDES: Dict[str, int] = dict(zip(STAGE_NAMES, (4, 8, 16, 32)))
 
@@ -80,6 +84,9 @@ class TimmResNetBackbone(Backbone):
         entry: CatalogEntry,
         out_features: Sequence[str] = STAGE_NAMES,
         norm: str = "BN",
+        channels_last: str = "off",
+        fold_bn_for_inference: bool = False,
+        compile_for_inference: bool = False,
     ) -> None:
         """
         Args:
@@ -87,8 +94,19 @@ class TimmResNetBackbone(Backbone):
             out_features: subset of ``("res2", "res3", "res4", "res5")`` to return; stages after
                 the last one are not built.
             norm: one of ``resbackbones.config.VALID_NORMS``.
+            channels_last: "on", "off" or "auto" (on for CPU inputs and under autocast).
+            fold_bn_for_inference: in eval mode without grad, run a BN-folded copy of ``body``.
+            compile_for_inference: ``torch.compile`` that copy (eager fallback on failure).
         """
         super().__init__()
+        if channels_last not in CHANNELS_LAST_CHOICES:
+            raise ValueError(f"MODEL.RESBACKBONE.CHANNELS_LAST {channels_last!r} is invalid; "
+                             f"valid: {', '.join(CHANNELS_LAST_CHOICES)}.")
+        self.channels_last = channels_last
+        # FPN builders set this: the FPN converts its own outputs back to NCHW once.
+        self.return_channels_last = False
+        self.fold_bn_for_inference = fold_bn_for_inference
+        self._inference_body = FoldedInferenceCopy(compile_for_inference=compile_for_inference)
         unknown = [name for name in out_features if name not in STAGE_NAMES]
         if unknown or not out_features:
             raise ValueError(f"MODEL.RESBACKBONE.OUT_FEATURES {list(out_features)} is invalid: "
@@ -137,10 +155,25 @@ class TimmResNetBackbone(Backbone):
         if x.dim() != 4:
             raise ValueError(f"TimmResNetBackbone takes (N, C, H, W) input, got shape "
                              f"{tuple(x.shape)}.")
-        features = self.body.forward_intermediates(
+        channels_last = self.uses_channels_last(x)
+        if channels_last:
+            # Detectron2's ImageList makes the batch NCHW-contiguous; convert here, once.
+            x = x.contiguous(memory_format=torch.channels_last)
+        body = self.body
+        if self.fold_bn_for_inference and not self.training and not torch.is_grad_enabled():
+            body = self._inference_body.get(self.body, channels_last)
+        features = body.forward_intermediates(
             x, indices=self._indices, norm=True, stop_early=True, intermediates_only=True
         )
+        if channels_last and not self.return_channels_last:
+            features = [feature.contiguous() for feature in features]
         return dict(zip(self._out_features, features))
+
+    def uses_channels_last(self, x: torch.Tensor) -> bool:
+        """Whether this forward runs channels-last (see ``channels_last`` in ``__init__``)."""
+        if self.channels_last == "auto":
+            return x.device.type == "cpu" or torch.is_autocast_enabled(x.device.type)
+        return self.channels_last == "on"
 
     def stage_module_names(self) -> Dict[str, List[str]]:
         """Return the ``body`` submodule names of each freezable part, in forward order.

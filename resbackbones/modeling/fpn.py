@@ -1,0 +1,60 @@
+"""Detectron2's FPN with the speed-ups that must wrap backbone + FPN as a whole.
+
+The bottom-up network may run channels-last and under autocast; the ROI heads must not
+(torchvision's CPU ROIAlign makes every channels-last input contiguous again, on every call, and
+the heads are not meant to see half precision). So features leave here as float32 NCHW, once.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+from detectron2.modeling import FPN
+
+__all__ = ["ResBackboneFPN", "INFERENCE_AMP_CHOICES", "inference_autocast_dtype"]
+
+# Values of MODEL.RESBACKBONE.INFERENCE_AMP.
+INFERENCE_AMP_CHOICES = ("off", "auto", "bf16", "fp16")
+
+
+def inference_autocast_dtype(setting: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype for ``setting`` on ``device`` (None: full precision).
+
+    "auto" picks bfloat16 where the device supports it (recent NVIDIA GPUs, CPUs with AVX-512
+    BF16 or AMX, which PyTorch reports through oneDNN), else float16 on CUDA and off on CPU.
+    """
+    if setting not in INFERENCE_AMP_CHOICES:
+        raise ValueError(f"MODEL.RESBACKBONE.INFERENCE_AMP {setting!r} is invalid; valid: "
+                         f"{', '.join(INFERENCE_AMP_CHOICES)}.")
+    if setting == "off":
+        return None
+    if setting == "bf16":
+        return torch.bfloat16
+    if setting == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    mkldnn = getattr(torch.backends, "mkldnn", None)
+    supports_bf16 = bool(mkldnn and hasattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported")
+                         and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return torch.bfloat16 if supports_bf16 else None
+
+
+class ResBackboneFPN(FPN):
+    """Detectron2's :class:`FPN`, plus inference autocast and NCHW float32 outputs."""
+
+    def __init__(self, *args, inference_amp: str = "off", **kwargs):
+        super().__init__(*args, **kwargs)
+        inference_autocast_dtype(inference_amp, torch.device("cpu"))  # validates the value
+        self.inference_amp = inference_amp
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        dtype = None
+        if not self.training and not torch.is_grad_enabled():
+            dtype = inference_autocast_dtype(self.inference_amp, x.device)
+        if dtype is None:
+            outputs = super().forward(x)
+        else:
+            with torch.autocast(x.device.type, dtype=dtype):
+                outputs = super().forward(x)
+        return {name: feature.float().contiguous() for name, feature in outputs.items()}

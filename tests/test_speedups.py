@@ -1,0 +1,194 @@
+"""Each speed-up leaves the outputs unchanged within a stated tolerance.
+
+Tolerances (relative to the largest magnitude of each output):
+- BN folding alone, float64: 1e-9 (exact up to rounding);
+- folding + channels-last, float32, backbone + FPN: 1e-4;
+- bf16 autocast of backbone + FPN: 5e-2 (bf16 keeps 8 bits of mantissa);
+- whole Mask R-CNN with the default speed-ups (random weights): at least 80% of detections
+  match one-to-one (IoU > 0.99; near-tied random proposals may swap), and those have boxes
+  within 0.05 px, scores within 1e-4, the same classes and masks differing in < 0.1% of pixels.
+"""
+import copy
+
+import pytest
+import timm
+import torch
+from detectron2.config import get_cfg
+from detectron2.modeling import build_backbone, build_model
+
+from resbackbones.catalog import get_entry
+from resbackbones.config import add_resbackbone_config
+from resbackbones.modeling.inference import fold_batchnorm
+
+ONE_PER_FAMILY = ["resnet18", "resnet50d", "resnext50_32x4d", "seresnet50", "resnetrs50",
+                  "resnetv2_50"]
+
+
+def _randomise_batchnorm(model: torch.nn.Module) -> None:
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            size = module.num_features
+            module.running_mean.copy_(torch.rand(size, generator=generator) - 0.5)
+            module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(size, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.rand(size, generator=generator) - 0.5)
+
+
+def _relative_error(reference: torch.Tensor, other: torch.Tensor) -> float:
+    return float((reference - other).abs().max() / reference.abs().max().clamp_min(1e-12))
+
+
+@pytest.mark.parametrize("name", ONE_PER_FAMILY)
+def test_batchnorm_folding_is_exact_in_float64(name):
+    model = timm.create_model(get_entry(name).timm_name, pretrained=False, features_only=True,
+                              out_indices=(1, 2, 3, 4)).double().eval()
+    _randomise_batchnorm(model)
+    folded = copy.deepcopy(model)
+    count = fold_batchnorm(folded)
+    batchnorms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    if name.startswith("resnetv2"):
+        assert count == 0  # pre-activation: each norm precedes its conv, nothing to fold into
+    else:
+        assert count == batchnorms and not any(
+            isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    images = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        for reference, output in zip(model(images), folded(images)):
+            assert _relative_error(reference, output) < 1e-9
+
+
+def _cfg(arch="resnet18", **speedups):
+    cfg = get_cfg()
+    add_resbackbone_config(cfg)
+    cfg.MODEL.BACKBONE.NAME = "build_resbackbone_fpn_backbone"
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    cfg.MODEL.RESBACKBONE.ARCH = arch
+    cfg.MODEL.RESBACKBONE.NORM = "BN"
+    cfg.MODEL.RESBACKBONE.CHANNELS_LAST = "off"
+    cfg.MODEL.RESBACKBONE.FOLD_BN_FOR_INFERENCE = False
+    for key, value in speedups.items():
+        cfg.MODEL.RESBACKBONE[key.upper()] = value
+    return cfg
+
+
+def _plain_and_fast(arch="resnet18", **speedups):
+    plain = build_backbone(_cfg(arch)).eval()
+    _randomise_batchnorm(plain)
+    fast = build_backbone(_cfg(arch, **speedups)).eval()
+    fast.load_state_dict(plain.state_dict())
+    return plain, fast
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnext50_32x4d"])
+def test_folding_and_channels_last_keep_fpn_outputs(arch):
+    plain, fast = _plain_and_fast(arch, channels_last="on", fold_bn_for_inference=True)
+    images = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        reference, output = plain(images), fast(images)
+    assert fast.bottom_up._inference_body.folded_count > 0
+    for name in reference:
+        assert output[name].is_contiguous() and output[name].dtype == torch.float32
+        assert _relative_error(reference[name], output[name]) < 1e-4, name
+
+
+def test_folded_copy_is_not_part_of_the_model_and_follows_weight_changes():
+    plain, fast = _plain_and_fast(channels_last="on", fold_bn_for_inference=True)
+    images = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        fast(images)
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+    assert len(list(fast.parameters())) == len(list(plain.parameters()))
+    # A checkpoint load changes the weights: the folded copy must be rebuilt from them.
+    _randomise_batchnorm(plain)
+    with torch.no_grad():
+        plain.bottom_up.body.conv1.weight.mul_(1.5)
+    fast.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        reference, output = plain(images), fast(images)
+    for name in reference:
+        assert _relative_error(reference[name], output[name]) < 1e-4
+
+
+def test_training_and_grad_never_use_the_folded_copy():
+    _, fast = _plain_and_fast(channels_last="on", fold_bn_for_inference=True)
+    fast.train()
+    fast(torch.randn(2, 3, 64, 64))["p2"].sum().backward()
+    fast.eval()
+    fast(torch.randn(1, 3, 64, 64))  # eval with grad enabled (e.g. saliency maps)
+    assert fast.bottom_up._inference_body._copy is None
+    assert fast.bottom_up.body.conv1.weight.grad is not None
+
+
+def test_bf16_inference_autocast_within_tolerance():
+    plain, fast = _plain_and_fast(channels_last="on", inference_amp="bf16")
+    images = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        reference, output = plain(images), fast(images)
+    for name in reference:
+        assert output[name].dtype == torch.float32
+        assert _relative_error(reference[name], output[name]) < 5e-2, name
+
+
+def test_invalid_speedup_settings_are_refused():
+    with pytest.raises(ValueError, match="CHANNELS_LAST 'yes' is invalid; valid: auto, on, off"):
+        build_backbone(_cfg(channels_last="yes"))
+    with pytest.raises(ValueError, match="INFERENCE_AMP 'half' is invalid"):
+        build_backbone(_cfg(inference_amp="half"))
+
+
+def _matched_detections(reference, output):
+    """Index into ``output`` of each reference detection's match, and which ones matched."""
+    from detectron2.structures import pairwise_iou
+
+    assert len(reference) == len(output) > 0
+    iou = pairwise_iou(reference.pred_boxes, output.pred_boxes)
+    best = iou.max(dim=1)
+    return best.indices, best.values > 0.99
+
+
+def test_whole_detector_with_default_speedups_gives_the_same_detections():
+    from resbackbones.benchmark.contenders import bias_towards_one_class
+
+    def detector(**speedups):
+        from detectron2 import model_zoo
+
+        cfg = _cfg(**speedups)
+        cfg.merge_from_file(model_zoo.get_config_file("Base-RCNN-FPN.yaml"))
+        cfg.MODEL.BACKBONE.NAME = "build_resbackbone_fpn_backbone"
+        cfg.MODEL.MASK_ON = True
+        cfg.MODEL.DEVICE = "cpu"
+        cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+        cfg.TEST.DETECTIONS_PER_IMAGE = 20
+        return build_model(cfg).eval()
+
+    plain = detector()
+    _randomise_batchnorm(plain)
+    bias_towards_one_class(plain.roi_heads.box_predictor.cls_score, 0)
+    defaults = add_resbackbone_config(get_cfg()).MODEL.RESBACKBONE
+    fast = detector(channels_last=defaults.CHANNELS_LAST,
+                    fold_bn_for_inference=defaults.FOLD_BN_FOR_INFERENCE)
+    fast.load_state_dict(plain.state_dict())
+    image = torch.randint(0, 255, (3, 128, 160), dtype=torch.uint8)
+    with torch.no_grad():
+        reference = plain([{"image": image}])[0]["instances"]
+        output = fast([{"image": image}])[0]["instances"]
+    order, matched = _matched_detections(reference, output)
+    # A random detector has many near-tied proposal scores, so a 1e-6 change may swap which
+    # proposal survives: most detections must match exactly, and the matched ones agree tightly.
+    assert matched.float().mean() >= 0.8
+    reference, output = reference[matched], output[order[matched]]
+    assert (reference.pred_boxes.tensor - output.pred_boxes.tensor).abs().max() < 0.05
+    assert (reference.scores - output.scores).abs().max() < 1e-4
+    assert torch.equal(reference.pred_classes, output.pred_classes)
+    assert (reference.pred_masks != output.pred_masks).float().mean() < 1e-3
+
+
+@pytest.mark.slow
+def test_compiled_backbone_matches_or_falls_back():
+    plain, fast = _plain_and_fast(channels_last="off", fold_bn_for_inference=True, compile=True)
+    images = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        reference, output = plain(images), fast(images)
+    for name in reference:
+        assert _relative_error(reference[name], output[name]) < 1e-4
