@@ -156,6 +156,8 @@ def test_frozen_bn_is_frozen_and_equals_bn_in_eval(arch):
     randomize_norm_statistics(bn_backbone)
     cfg = make_cfg(arch, "build_resbackbone_backbone", norm="FrozenBN")
     cfg.MODEL.WEIGHTS = "provided-later-by-the-checkpointer.pth"  # FrozenBN needs some weights
+    # Compare the very same kernels in train and eval (BN folding is tested in test_speedups).
+    cfg.MODEL.RESBACKBONE.FOLD_BN_FOR_INFERENCE = False
     frozen = build_backbone(cfg)
     frozen.body.load_state_dict(bn_backbone.body.state_dict())
     assert not [m for m in frozen.modules() if isinstance(m, nn.BatchNorm2d)]

@@ -17,7 +17,6 @@ from resbackbones.catalog import get_entry
 from resbackbones.checkpoint import (
     IncompatibleWeightsError,
     UnsafePickleError,
-    UnsupportedCheckpointError,
     WeightsUnavailableError,
     load_backbone_weights,
     load_state_dict_file,
@@ -240,20 +239,24 @@ def test_torch_file_with_objects_is_refused(tmp_path):
     assert not os.path.exists("x")
 
 
-def test_caffe2_and_detectron2_resnet_names_are_not_supported_yet(tmp_path):
+def test_partial_caffe2_and_detectron2_resnet_files_are_converted_then_refused(tmp_path):
     import numpy as np
 
     path = tmp_path / "R-50.pkl"
     with open(path, "wb") as f:
         pickle.dump({"blobs": {"conv1_w": np.zeros((64, 3, 7, 7), np.float32),
                                "res2_0_branch2a_w": np.zeros((64, 64, 1, 1), np.float32)}}, f)
-    with pytest.raises(UnsupportedCheckpointError, match="Caffe2"):
-        load_state_dict_file(str(path))
-    assert issubclass(UnsupportedCheckpointError, NotImplementedError)
+    keys = load_state_dict_file(str(path))
+    assert set(keys.tensors) == {"conv1.weight", "layer1.0.conv1.weight"}
+    backbone = TimmResNetBackbone(get_entry("resnet50"), norm="BN")
+    with pytest.raises(IncompatibleWeightsError, match="missing"):
+        load_backbone_weights(backbone, str(path))
     d2 = tmp_path / "d2_r50.pth"
-    torch.save({"model": {"backbone.bottom_up.res2.0.conv1.weight": torch.zeros(1)}}, d2)
-    with pytest.raises(UnsupportedCheckpointError, match="Detectron2's built-in ResNet"):
-        load_state_dict_file(str(d2))
+    torch.save({"model": {"backbone.bottom_up.res2.0.conv1.weight": torch.zeros(64, 64, 1, 1),
+                          "backbone.fpn_lateral2.weight": torch.zeros(1)}}, d2)
+    keys = load_state_dict_file(str(d2))
+    assert list(keys.tensors) == ["layer1.0.conv1.weight"]
+    assert keys.ignored == ["backbone.fpn_lateral2.weight"]
 
 
 def test_offline_imagenet_says_how_to_pass_a_local_file(monkeypatch, tmp_path):

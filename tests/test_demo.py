@@ -1,0 +1,463 @@
+"""The demo: predictor vs Detectron2's DefaultPredictor, results, the page logic, both CLIs, the
+served page through gradio_client, and a real browser (Chromium driven by Playwright).
+
+The model is a tiny Mask R-CNN (ResNet-18 FPN, 128 px test size) with random weights whose class
+logits are damped, so that scores spread over (0, 1) and a 1.0 threshold leaves nothing.
+"""
+import io
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+import torch
+from detectron2 import model_zoo
+from detectron2.engine import DefaultPredictor
+from detectron2.modeling import build_model
+from PIL import Image
+
+from resbackbones.demo import (
+    TABLE_HEADERS,
+    DemoPredictor,
+    DetectionDemo,
+    coco_results,
+    detection_rows,
+    draw_detections,
+    filter_instances,
+    make_example_images,
+    setup_cfg,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+CONFIG_FILE = model_zoo.get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml")
+TINY_OPTS = [
+    "MODEL.DEVICE", "cpu",
+    "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
+    "MODEL.FPN.OUT_CHANNELS", "64", "MODEL.ROI_BOX_HEAD.FC_DIM", "128",
+    "MODEL.ROI_MASK_HEAD.CONV_DIM", "64", "MODEL.RPN.POST_NMS_TOPK_TEST", "200",
+    "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "192", "TEST.DETECTIONS_PER_IMAGE", "12",
+]
+
+
+def _shapes(seed: int = 0, size=(96, 128)) -> np.ndarray:
+    """A small RGB image with a few filled rectangles (smaller than the test size)."""
+    rng = np.random.default_rng(seed)
+    image = np.full((*size, 3), 200, dtype=np.uint8)
+    for _ in range(4):
+        y, x = rng.integers(0, size[0] - 20), rng.integers(0, size[1] - 20)
+        image[y:y + 20, x:x + 20] = rng.integers(0, 255, 3)
+    return image
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory):
+    """(config file, opts with MODEL.WEIGHTS) of a tiny random Mask R-CNN saved to disk."""
+    cfg = setup_cfg(CONFIG_FILE, TINY_OPTS)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    with torch.no_grad():  # damped class logits: scores spread below 1.0, several classes
+        cls_score = model.roi_heads.box_predictor.cls_score
+        cls_score.weight.normal_(0, 0.01)
+        cls_score.bias.zero_()
+        cls_score.bias[[0, 2, -1]] = torch.tensor([4.0, 3.5, 4.0])
+    weights = tmp_path_factory.mktemp("model") / "model_final.pth"
+    torch.save({"model": model.state_dict()}, weights)
+    return CONFIG_FILE, TINY_OPTS + ["MODEL.WEIGHTS", str(weights)]
+
+
+@pytest.fixture(scope="module")
+def predictor(model_files):
+    config_file, opts = model_files
+    return DemoPredictor(setup_cfg(config_file, opts), name="tiny")
+
+
+@pytest.fixture(scope="module")
+def demo(predictor, tmp_path_factory):
+    return DetectionDemo({"tiny": predictor}, output_dir=str(tmp_path_factory.mktemp("json")))
+
+
+def test_predictions_match_default_predictor(predictor, model_files):
+    image = _shapes()
+    reference = DefaultPredictor(predictor.cfg)(image[:, :, ::-1].copy())["instances"].to("cpu")
+    ours = predictor(_png(image)).instances
+    assert len(ours) == len(reference) > 0
+    torch.testing.assert_close(ours.pred_boxes.tensor, reference.pred_boxes.tensor)
+    torch.testing.assert_close(ours.scores, reference.scores)
+    assert torch.equal(ours.pred_classes, reference.pred_classes)
+    assert torch.equal(ours.pred_masks, reference.pred_masks)
+    assert ours.image_size == image.shape[:2]
+
+
+def test_resbackbone_config_matches_default_predictor(tmp_path):
+    """Our own backbone (configs/quick_schedules), RGB input format, dataset class names."""
+    config_file = str(REPO / "configs" / "quick_schedules"
+                      / "mask_rcnn_R_18_FPN_synthetic_instant_test.yaml")
+    opts = ["MODEL.DEVICE", "cpu", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
+    torch.manual_seed(0)
+    random_model = DemoPredictor(setup_cfg(config_file, opts), name="random").model
+    weights = tmp_path / "model.pth"
+    torch.save({"model": random_model.state_dict()}, weights)
+    cfg = setup_cfg(config_file, opts + ["MODEL.WEIGHTS", str(weights)])
+    assert cfg.INPUT.FORMAT == "RGB"
+    predictor = DemoPredictor(cfg, name="resbackbone")
+    assert predictor.class_names == ["circle", "triangle", "rectangle"]
+    image = _shapes(size=(200, 260))
+    reference = DefaultPredictor(cfg)(image[:, :, ::-1].copy())["instances"].to("cpu")
+    ours = predictor(_png(image)).instances
+    assert len(ours) == len(reference) > 0
+    torch.testing.assert_close(ours.pred_boxes.tensor, reference.pred_boxes.tensor)
+    torch.testing.assert_close(ours.scores, reference.scores)
+
+
+def test_prediction_timings_and_class_names(predictor):
+    prediction = predictor(_png(_shapes()))
+    assert set(prediction.timings) == {"preprocess", "model"}
+    assert all(t > 0 for t in prediction.timings.values())
+    # coco_2017_val is a builtin Detectron2 dataset: its metadata names the 80 classes.
+    assert predictor.class_names[0] == "person" and len(predictor.class_names) == 80
+    scores = prediction.instances.scores
+    assert 0.0 < float(scores.min()) and float(scores.max()) < 1.0
+
+
+def test_class_names_fallbacks(model_files):
+    config_file, opts = model_files
+    cfg = setup_cfg(config_file, opts + ["DATASETS.TEST", "('not_registered',)"])
+    assert DemoPredictor(cfg).class_names[:2] == ["class 0", "class 1"]
+    names = [f"thing{i}" for i in range(80)]
+    assert DemoPredictor(cfg, class_names=names).class_names == names
+
+
+def test_bad_weights_fail_clearly(model_files, tmp_path):
+    config_file, opts = model_files
+    with pytest.raises(FileNotFoundError, match="make quickstart"):
+        DemoPredictor(setup_cfg(config_file, opts + ["MODEL.WEIGHTS", str(tmp_path / "no.pth")]))
+    tiny = tmp_path / "tiny.pth"
+    tiny.write_bytes(b"version https://git-lfs.github.com/spec/v1\n")
+    with pytest.raises(ValueError, match="not a checkpoint"):
+        DemoPredictor(setup_cfg(config_file, opts + ["MODEL.WEIGHTS", str(tiny)]))
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"model": {"backbone.bottom_up.stem.conv1.weight": torch.zeros(1)},
+                "padding": torch.zeros(1000)}, wrong)
+    with pytest.raises(ValueError, match="does not fit the model"):
+        DemoPredictor(setup_cfg(config_file, opts + ["MODEL.WEIGHTS", str(wrong)]))
+
+
+def test_drawing_results_and_json(predictor, tmp_path):
+    prediction = predictor(_png(_shapes()))
+    instances = prediction.instances
+    drawn = draw_detections(prediction.image, instances, predictor.class_names)
+    assert drawn.shape == prediction.image.shape and drawn.dtype == np.uint8
+    assert not np.array_equal(drawn, prediction.image)
+    for parts in (["boxes"], ["masks"], ["labels"], []):
+        assert draw_detections(prediction.image, instances, predictor.class_names,
+                               parts).shape == drawn.shape
+    assert np.array_equal(draw_detections(prediction.image, instances[:0],
+                                          predictor.class_names), prediction.image)
+
+    threshold = float(instances.scores.median())
+    kept = filter_instances(instances, threshold)
+    assert len(kept) == int((instances.scores >= threshold).sum()) and len(kept) < len(instances)
+    first_class = int(instances.pred_classes[0])
+    only = filter_instances(instances, 0.0, [first_class])
+    assert len(only) and set(only.pred_classes.tolist()) == {first_class}
+    assert len(filter_instances(instances, 0.0, [])) == len(instances)
+
+    rows = detection_rows(instances, predictor.class_names)
+    assert len(rows) == len(instances) and len(rows[0]) == len(TABLE_HEADERS)
+    assert rows[0][0] == predictor.class_names[first_class]
+
+    results = coco_results(instances, image_id=7)
+    from pycocotools.coco import COCO
+
+    height, width = prediction.image.shape[:2]
+    gt = COCO()
+    gt.dataset = {"images": [{"id": 7, "height": height, "width": width}],
+                  "categories": [{"id": i} for i in range(80)], "annotations": []}
+    gt.createIndex()
+    loaded = gt.loadRes(json.loads(json.dumps(results)))  # what a user's evaluation does
+    assert len(loaded.getAnnIds()) == len(instances)
+    x0, y0, x1, y1 = instances.pred_boxes.tensor[0].tolist()
+    np.testing.assert_allclose(results[0]["bbox"], [x0, y0, x1 - x0, y1 - y0], atol=0.01)
+    assert np.array_equal(mask_util.decode(results[0]["segmentation"]),
+                          instances.pred_masks[0].numpy().astype(np.uint8))
+
+
+def test_demo_bad_inputs_give_messages_and_recover(demo, tmp_path):
+    good = _png(_shapes())
+    result = demo.detect(good, score_threshold=0.0)
+    assert not result.error and result.image.shape == (96, 128, 3) and result.rows
+    assert "**Model:** tiny" in result.message and "**Device:** cpu" in result.message
+    assert re.search(r"model \d+ ms, drawing \d+ ms", result.message)
+    first = json.load(open(result.json_path))[0]
+    assert first["score"] == pytest.approx(result.rows[0][1], abs=1e-3)
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(
+        buffer, format="PNG")
+    bad_inputs = {
+        "non-image": b"<html>not an image</html>",
+        "truncated": buffer.getvalue()[: len(buffer.getvalue()) // 2],
+    }
+    for name, data in bad_inputs.items():
+        result = demo.detect(data)
+        assert result.error and result.image is None and result.json_path is None, name
+        assert "truncated" in result.message or "not an image" in result.message
+        assert "/" not in result.message  # no server path
+
+    gray = Image.fromarray(_shapes()[:, :, 0])
+    rgba = Image.fromarray(_shapes()).convert("RGBA")
+    wide = Image.fromarray(_shapes()[:, :, 0].astype(np.uint16) * 257)
+    palette = Image.fromarray(_shapes()).convert("P")
+    large = Image.fromarray(_shapes()).resize((2000, 1500))
+    for image in (gray, rgba, wide, palette, large):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        result = demo.detect(buffer.getvalue(), score_threshold=0.0)
+        assert not result.error, (image.mode, result.message)
+        expected = (96, 128, 3) if image.size[0] < 1000 else (128, 171, 3)
+        assert result.image.shape == expected
+    assert "downscaled from 2000x1500 to 171x128" in result.message
+
+    empty = demo.detect(good, score_threshold=1.0)
+    assert not empty.error and empty.rows == [] and "No detections" in empty.message
+    assert json.load(open(empty.json_path)) == []
+    assert demo.detect(None).image is None
+    unknown = demo.detect(good, classes=["unicorn"])
+    assert unknown.error and "unicorn" in unknown.message
+    assert not demo.detect(good, score_threshold=0.0).error  # still serving normally
+
+
+def test_example_images_decode(demo, tmp_path):
+    paths = make_example_images(str(tmp_path), dataset_name="not_registered")
+    assert len(paths) == 4
+    modes = {Image.open(p).mode for p in paths}
+    assert {"RGB", "L", "RGBA"} <= modes
+    result = demo.detect(paths[-1], score_threshold=0.0)
+    assert not result.error and result.image.shape[2] == 3
+
+
+@pytest.mark.slow
+def test_cli_demo_on_a_folder(model_files, tmp_path):
+    config_file, opts = model_files
+    inputs = tmp_path / "images"
+    inputs.mkdir()
+    for i in range(3):
+        Image.fromarray(_shapes(i)).save(inputs / f"{i:06d}.png")
+    output = tmp_path / "out"
+    code = _import_tool("demo").main(["--config-file", config_file, "--input", str(inputs),
+                                      "--output", str(output), "--confidence-threshold", "0.0",
+                                      "--opts", *opts])
+    assert code == 0
+    assert sorted(p.name for p in output.iterdir()) == [
+        "000000.json", "000000.png", "000001.json", "000001.png", "000002.json", "000002.png"]
+    assert Image.open(output / "000001.png").size == (128, 96)
+    detections = json.load(open(output / "000002.json"))
+    assert detections and {d["image_id"] for d in detections} == {2}
+
+
+def test_video_input(predictor, tmp_path):
+    import cv2
+
+    from resbackbones.demo import run_on_inputs
+
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (128, 96))
+    for i in range(2):
+        writer.write(np.ascontiguousarray(_shapes(i)[:, :, ::-1]))
+    writer.release()
+    summary = run_on_inputs(predictor, [str(video)], str(tmp_path / "out"), 0.0)
+    assert summary.failed == []
+    assert sorted(os.path.basename(p) for p in summary.written) == ["clip.json", "clip.mp4"]
+    capture = cv2.VideoCapture(str(tmp_path / "out" / "clip.mp4"))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 2
+    capture.release()
+    frames = {d["image_id"] for d in json.load(open(tmp_path / "out" / "clip.json"))}
+    assert frames == {0, 1}
+    (tmp_path / "junk.mp4").write_bytes(b"not a video")
+    summary = run_on_inputs(predictor, [str(tmp_path / "junk.mp4")], str(tmp_path / "out"))
+    assert summary.written == [] and "cannot open" in summary.failed[0]
+
+
+def _import_tool(name):
+    """Import tools/<name>.py under a private module name (tools/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_tool_{name}", REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gradio_demo_model_arguments():
+    tool = _import_tool("gradio_demo")
+    args = tool.get_parser().parse_args([
+        "--model", "a=x.yaml:a.pth", "--model", "b=y.yaml", "--opts", "MODEL.DEVICE", "cpu"])
+    specs = tool.parse_model_specs(args)
+    assert list(specs) == ["a", "b"]
+    assert specs["a"] == ("x.yaml", ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "a.pth"])
+    assert specs["b"] == ("y.yaml", ["MODEL.DEVICE", "cpu"])
+    for bad in (["--model", "noequals"], ["--model", "a=x.yaml", "--model", "a=y.yaml"], []):
+        with pytest.raises(SystemExit):
+            tool.parse_model_specs(tool.get_parser().parse_args(bad))
+    assert tool.quickstart_args("q") == ["--config-file", "q/config.yaml", "--opts",
+                                         "MODEL.WEIGHTS", "q/model_final.pth"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(model_files):
+    """tools/gradio_demo.py serving the tiny model on 127.0.0.1; yields its printed URL."""
+    config_file, opts = model_files
+    port = _free_port()
+    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "tools" / "gradio_demo.py"), "--config-file", config_file,
+         "--port", str(port), "--confidence-threshold", "0.0", "--opts", *opts],
+        stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO),
+        env=dict(os.environ, GRADIO_ANALYTICS_ENABLED="False"))
+    url = None
+    deadline = time.time() + 180
+    while time.time() < deadline and process.poll() is None:
+        match = re.search(r"running at (http://127\.0\.0\.1:\d+/?)", Path(log.name).read_text())
+        if match:
+            url = match.group(1)
+            break
+        time.sleep(0.5)
+    if url is None:
+        process.kill()
+        pytest.fail(f"gradio_demo.py did not print its URL:\n{Path(log.name).read_text()}")
+    yield url
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    os.unlink(log.name)
+
+
+@pytest.mark.slow
+def test_server_answers_gradio_client(server, tmp_path):
+    from gradio_client import Client, handle_file
+
+    client = Client(server, verbose=False)
+
+    def call(path, threshold=0.0):
+        return client.predict(handle_file(str(path)), "model_zoo_unused", threshold, [],
+                              ["boxes", "masks", "labels"], api_name="/detect")
+
+    good = tmp_path / "good.png"
+    Image.fromarray(_shapes()).save(good)
+    # The model dropdown is hidden with one model; its value comes from the client here and an
+    # unknown name must be reported, not crash the server.
+    image, table, json_path, message = call(good)
+    assert image is None and "Unknown model" in message
+
+    def detect(path, threshold=0.0):
+        return client.predict(handle_file(str(path)), "mask_rcnn_R_50_FPN_1x", threshold, [],
+                              ["boxes", "masks", "labels"], api_name="/detect")
+
+    image, table, json_path, message = detect(good)
+    assert Image.open(image).size == (128, 96)
+    assert table["headers"] == TABLE_HEADERS and len(table["data"]) > 0
+    assert len(json.load(open(json_path))) == len(table["data"])
+    assert "**Device:** cpu" in message
+
+    bad = {"non-image.png": b"GIF89a but not really", "truncated.png": _png(
+        np.random.default_rng(1).integers(0, 255, (64, 64, 3), np.uint8))[:900]}
+    for name, data in bad.items():
+        (tmp_path / name).write_bytes(data)
+        image, table, json_path, message = detect(tmp_path / name)
+        assert image is None and json_path is None and name in message, message
+    for mode in ("L", "RGBA", "P", "I;16"):
+        path = tmp_path / f"{mode.replace(';', '')}.png"
+        array = _shapes()[:, :, 0] if mode in ("L", "I;16") else _shapes()
+        source = Image.fromarray(array.astype(np.uint16) * 257 if mode == "I;16" else array)
+        (source if mode in ("L", "I;16") else source.convert(mode)).save(path)
+        image, table, _, message = detect(path)
+        assert image is not None and Image.open(image).size == (128, 96), (mode, message)
+    large = tmp_path / "large.jpg"
+    Image.fromarray(_shapes()).resize((4000, 3000)).save(large)
+    image, _, _, message = detect(large)
+    assert Image.open(image).size == (171, 128) and "downscaled from 4000x3000" in message
+    image, table, json_path, message = detect(good, threshold=1.0)
+    assert table["data"] == [] and "No detections" in message
+    image, table, _, _ = detect(good)  # the server still answers normally
+    assert image is not None and table["data"]
+
+
+@pytest.mark.slow
+def test_server_exposes_no_server_files(server, model_files):
+    import urllib.error
+    import urllib.request
+
+    weights = model_files[1][-1]
+    for path in (str(REPO / "setup.cfg"), weights, "/etc/passwd"):
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(f"{server.rstrip('/')}/gradio_api/file={path}", timeout=10)
+        assert info.value.code in (403, 404), path
+
+
+def _chromium() -> str:
+    for candidate in ("/usr/bin/chromium", shutil.which("chromium") or ""):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    pytest.fail("Chromium not found at /usr/bin/chromium: run `make browser` (installs Debian's "
+                "chromium; CI runs it before the tests).")
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_browser_upload_shows_result(server, tmp_path):
+    executable = _chromium()
+    from playwright.sync_api import expect, sync_playwright
+
+    image_path = tmp_path / "shapes.png"
+    Image.fromarray(_shapes(3, size=(240, 320))).save(image_path)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=executable, headless=True,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+            viewport={"width": 1400, "height": 1000})
+        try:
+            page = browser.new_page()
+            page.goto(server, wait_until="domcontentloaded", timeout=60_000)
+            expect(page.locator("#detect")).to_be_visible(timeout=30_000)
+            page.locator("#input-image input[type=file]").set_input_files(str(image_path))
+            result = page.locator("#result-image img")
+            expect(result).to_be_visible(timeout=120_000)
+            expect(page.locator("#status")).to_contain_text("Device:", timeout=30_000)
+            expect(page.locator("#table")).to_contain_text("score")
+            cells = page.locator("#table").get_by_role("gridcell")
+            expect(cells.first).to_be_visible(timeout=30_000)
+            assert cells.count() >= len(TABLE_HEADERS)
+            size = result.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+            assert size == [171, 128]  # 320x240 is downscaled to the 128 px test size
+            expect(page.locator("#json")).to_contain_text(".json")
+            screenshot = ARTIFACTS / "demo_page.png"
+            page.screenshot(path=str(screenshot), full_page=True)
+            assert screenshot.stat().st_size > 10_000
+        finally:
+            browser.close()
