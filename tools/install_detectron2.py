@@ -33,7 +33,7 @@ SDIST_FILENAME = "pb1-detectron2-0.6.tar.gz"
 SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
 UPSTREAM_VERSION = "0.6"
 # Bump whenever SOURCE_REWRITES or the wheel metadata change: an older build is then replaced.
-PATCH_LEVEL = 1
+PATCH_LEVEL = 2
 WHEEL_VERSION = f"{UPSTREAM_VERSION}+resbackbones.{PATCH_LEVEL}"
 LOCAL_VERSION_PATTERN = re.compile(r"^0\.6\+resbackbones\.(\d+)$")
 
@@ -149,6 +149,10 @@ SOURCE_REWRITES: List[SourceRewrite] = [
                   "        assert num_gpus_per_machine <= torch.cuda.device_count()\n"
                   "        torch.cuda.set_device(local_rank)\n", 1,
                   "selecting a CUDA device only makes sense when there is one"),
+    SourceRewrite("data/common.py", "self._rng.sample(self._fallback_candidates, k=1)",
+                  "self._rng.sample(sorted(self._fallback_candidates), k=1)", 1,
+                  "Python 3.11 removed random.sample() from sets: a skipped sample (mapper "
+                  "returned None) crashed the data loader"),
     SourceRewrite("engine/defaults.py", 'if "device_ids" not in kwargs:',
                   'if "device_ids" not in kwargs and any(\n'
                   '        p.is_cuda for p in model.parameters()\n'
