@@ -1,5 +1,6 @@
 """Detectron2 users' weights: model-zoo/model_final checkpoints and Caffe2 ImageNet files give the
 same outputs through resbackbones twin configs as through Detectron2's built-in ResNets."""
+import logging
 import os
 import pickle
 import re
@@ -12,7 +13,6 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_backbone, build_model
 from detectron2.utils.file_io import PathManager
-from torch import nn
 
 import resbackbones
 from resbackbones.catalog import get_entry
@@ -182,6 +182,22 @@ def test_x101_and_r18_detectors_give_the_same_detections(tmp_path):
           f"{largest_difference(raw_predictions(d2_r18), raw_predictions(model)):.3g}")
 
 
+@pytest.mark.slow
+def test_retinanet_r50_gives_the_same_detections(tmp_path):
+    opts = ["MODEL.RETINANET.SCORE_THRESH_TEST", "0.0", "MODEL.RETINANET.TOPK_CANDIDATES_TEST",
+            "100"]
+    torch.manual_seed(4)
+    d2_model = randomize(build_model(detectron2_cfg("retinanet_R_50_FPN_1x", opts)), seed=4)
+    path = save_model_zoo_pkl(d2_model, tmp_path / "retinanet.pkl")
+    model = build_model(twin_cfg("retinanet_R_50_FPN_1x", opts))
+    ResBackboneCheckpointer(model).load(path)
+    inputs = [{"image": image, "height": 128, "width": 160} for image in IMAGES]
+    with torch.no_grad():
+        expected = [o["instances"] for o in d2_model.eval()(inputs)]
+        got = [o["instances"] for o in model.eval()(inputs)]
+    print(f"\nRetinaNet R50-FPN: largest difference {largest_difference(expected, got):.3g}")
+
+
 def test_names_round_trip_and_load_strictly_into_detectron2(mask_rcnn_r50):
     d2_model, pkl, _, _ = mask_rcnn_r50
     model = build_model(twin_cfg("mask_rcnn_R_50_FPN_3x", ["MODEL.WEIGHTS", pkl]))
@@ -211,7 +227,7 @@ def _caffe2_name(key):
             .replace("_weight", "_w"))
 
 
-def test_caffe2_imagenet_file_matches_detectron2s_own_c2_loading(tmp_path):
+def test_caffe2_imagenet_file_matches_detectron2s_own_c2_loading(tmp_path, caplog):
     cfg = detectron2_cfg("faster_rcnn_R_50_FPN_1x", ["MODEL.BACKBONE.NAME",
                                                      "build_resnet_backbone"])
     generator = torch.Generator().manual_seed(3)
@@ -229,8 +245,13 @@ def test_caffe2_imagenet_file_matches_detectron2s_own_c2_loading(tmp_path):
     with open(path, "wb") as f:
         pickle.dump(blobs, f)
     DetectionCheckpointer(d2_backbone).load(str(path))  # Detectron2's own Caffe2 conversion
-    ours = TimmResNetBackbone(get_entry("resnet50"), norm="FrozenBN")
-    set_stride_in_1x1(ours)
+    # Through the config: STRIDE_IN_1X1 + WEIGHTS; Detectron2's BGR/std-1 input is not flagged.
+    twin = twin_cfg("faster_rcnn_R_50_FPN_1x", ["MODEL.BACKBONE.NAME", "build_resbackbone_backbone",
+                                                "MODEL.RESBACKBONE.WEIGHTS", str(path)])
+    with caplog.at_level(logging.WARNING):
+        ours = build_backbone(twin)
+    assert "Input normalisation does not match" not in caplog.text
+    assert ours.body.layer2[0].conv1.stride == (2, 2)
     report = load_backbone_weights(ours, str(path))
     assert report.complete and not report.missing and not report.unexpected
     assert len(report.filled) == 2 * 53 and len(report.converted) == len(report.loaded)
@@ -341,3 +362,30 @@ def test_twin_config_equals_detectron2_model_zoo_config(name):
     assert ours["MODEL.RESBACKBONE.OUT_FEATURES"] == resnets["OUT_FEATURES"]
     assert (resnets["WIDTH_PER_GROUP"], resnets["NUM_GROUPS"]) in ((64, 1), (8, 32))
     assert resnets["DEFORM_ON_PER_STAGE"] == [False] * 4 and resnets["RES5_DILATION"] == 1
+
+
+def test_convert_tool_detectron2_to_resbackbones_and_back(tmp_path, mask_rcnn_r50):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "_convert_weights", os.path.join(REPO, "tools", "convert_weights.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    d2_model, pkl, _, _ = mask_rcnn_r50
+    ours = tmp_path / "ours.safetensors"
+    back = tmp_path / "back.pth"
+    assert tool.main(["--from", "detectron2", "--to", "resbackbones", "--input", pkl,
+                      "--output", str(ours)]) == 0
+    assert tool.main(["--from", "resbackbones", "--to", "detectron2", "--input", str(ours),
+                      "--output", str(back)]) == 0
+    from safetensors.torch import load_file
+
+    assert any(k.startswith("backbone.bottom_up.body.layer4.") for k in load_file(str(ours)))
+    model = build_model(twin_cfg("mask_rcnn_R_50_FPN_3x"))
+    ResBackboneCheckpointer(model).load(str(ours))  # resbackbones names load as they are
+    assert torch.equal(model.backbone.bottom_up.body.layer4[2].bn3.running_var,
+                       d2_model.backbone.bottom_up.res5[2].conv3.norm.running_var)
+    restored = torch.load(back, weights_only=True)["model"]
+    original = d2_model.state_dict()
+    assert restored.keys() == original.keys()
+    assert all(torch.equal(restored[k], original[k]) for k in original)

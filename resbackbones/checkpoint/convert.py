@@ -16,7 +16,8 @@ import torch
 from resbackbones.catalog import get_entry
 from resbackbones.checkpoint.loader import WeightLoadReport, load_backbone_weights
 
-__all__ = ["DETECTRON2_FPN_PREFIX", "convert_to_detectron2", "OUTPUT_FORMATS"]
+__all__ = ["DETECTRON2_FPN_PREFIX", "convert_checkpoint_names", "convert_to_detectron2",
+           "OUTPUT_FORMATS"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,3 +86,74 @@ def convert_to_detectron2(
                          "__author__": "resbackbones", "matching_heuristics": False}, f)
     logger.info(f"Wrote {len(state)} tensors for '{arch}' to {output} ({fmt}, keys '{prefix}*').")
     return report
+
+
+def _write(state: Dict[str, torch.Tensor], output: str, fmt: str, note: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, output,
+                  metadata={"format": "pt", "converted_by": note})
+    elif fmt == "pth":
+        torch.save({"model": state, "__author__": note, "matching_heuristics": False}, output)
+    else:
+        with open(output, "wb") as f:
+            pickle.dump({"model": {k: v.numpy() for k, v in state.items()}, "__author__": note,
+                         "matching_heuristics": False}, f)
+
+
+def convert_checkpoint_names(
+    source: str, output: str, to: str, output_format: Optional[str] = None,
+    body_prefix: str = DETECTRON2_FPN_PREFIX,
+) -> int:
+    """Rename a whole detector checkpoint between Detectron2's built-in ResNet names and ours.
+
+    FPN and head tensors are copied unchanged (both use Detectron2's modules).
+
+    Args:
+        source: a Detectron2 ``model_final.pth``/model-zoo ``.pkl`` (``to="resbackbones"``) or a
+            resbackbones checkpoint (``to="detectron2"``); read without running code.
+        output: ``.safetensors`` (preferred), ``.pth`` or ``.pkl`` (with ``output_format="pkl"``).
+        to: ``"resbackbones"`` or ``"detectron2"``.
+        body_prefix: where the timm body sits (``backbone.bottom_up.body.`` for FPN models).
+
+    Returns:
+        The number of tensors renamed.
+
+    Raises:
+        ValueError: nothing to rename, or (to Detectron2) backbone layers Detectron2's ResNet does
+            not have (ResNet-D stems, SE modules...), named in the message.
+    """
+    from resbackbones.checkpoint.checkpointer import ResBackboneCheckpointer
+    from resbackbones.checkpoint.detectron2_names import (
+        detectron2_to_resbackbones,
+        resbackbones_to_detectron2,
+    )
+
+    fmt = _output_format(output, output_format)
+    data = ResBackboneCheckpointer(torch.nn.Module())._load_file(source)
+    state = {k: torch.as_tensor(v) for k, v in data["model"].items()}
+    if to == "resbackbones":
+        state, renamed, unknown = detectron2_to_resbackbones(state, body_prefix)
+        count = len(renamed)
+        if unknown:
+            raise ValueError(f"{source}: ResNet tensors with no timm equivalent, first "
+                             f"'{unknown[0]}' ({len(unknown)} in all).")
+    elif to == "detectron2":
+        before = sum(k.startswith(body_prefix) for k in state)
+        state, unknown = resbackbones_to_detectron2(state, body_prefix)
+        if unknown:
+            raise ValueError(f"{source}: '{unknown[0]}' ({len(unknown)} in all) has no "
+                             "equivalent in Detectron2's built-in ResNet; only plain ResNet/"
+                             "ResNeXt/Wide ResNet backbones convert.")
+        count = before
+    else:
+        raise ValueError(f"Unknown target naming {to!r}; use 'resbackbones' or 'detectron2'.")
+    if not count:
+        raise ValueError(f"{source} has no backbone tensors to rename for '{to}' (prefix "
+                         f"'{body_prefix}').")
+    _write(state, output, fmt, f"resbackbones ({to} names)")
+    logger.info(f"Renamed {count} backbone tensors to {to} names; wrote {len(state)} tensors to "
+                f"{output} ({fmt}).")
+    return count

@@ -8,8 +8,9 @@ Accepted files and how their key names are converted to the timm names of the ba
   ResNeXt and Wide ResNet names are identical to timm's); the classifier is dropped later.
 * resbackbones/Detectron2 checkpoints: ``backbone.bottom_up.body.<name>`` (FPN models),
   ``backbone.body.<name>`` (plain backbone) or ``body.<name>``; other detector keys are ignored.
-* Detectron2's own ResNet names (``stem.conv1``, ``res2.0.conv1``) and Caffe2 MSRA names
-  (``res2_0_branch2a_w``) are recognised and refused with an explanation.
+* Detectron2's built-in ResNet names (``stem.conv1``, ``res2.0.conv1``: model-zoo detectors,
+  ``model_final.pth``) and Caffe2 names (``res2_0_branch2a_w``: MSRA ``R-50.pkl``, FAIR
+  ``X-101-32x8d.pkl``) are converted by :mod:`resbackbones.checkpoint.detectron2_names`.
 """
 from __future__ import annotations
 
@@ -21,6 +22,13 @@ from typing import Any, Dict, List, Mapping
 import numpy as np
 import torch
 
+from resbackbones.checkpoint.detectron2_names import (
+    caffe2_to_timm_names,
+    detectron2_backbone_prefix,
+    detectron2_to_timm_key,
+    fill_caffe2_statistics,
+    has_caffe2_names,
+)
 from resbackbones.checkpoint.safe_pickle import safe_load_pickle
 
 __all__ = [
@@ -36,12 +44,11 @@ WEIGHT_EXTENSIONS = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".pkl", ".p
 # Prefixes under which resbackbones modules store the timm body, most specific first.
 BACKBONE_PREFIXES = ("backbone.bottom_up.body.", "backbone.body.", "bottom_up.body.", "body.")
 
-_CAFFE2_KEY = re.compile(r"^(conv1_w|res_conv1_bn_[sb]|res\d+_\d+_branch\w+)$")
-_DETECTRON2_RESNET_KEY = re.compile(r"^(backbone\.(bottom_up\.)?)?(stem\.conv1|res[2-5]\.\d+\.)")
+_DETECTRON2_RESNET_START = re.compile(r"^(stem|res[2-5])\.")
 
 
 class UnsupportedCheckpointError(NotImplementedError):
-    """A weight file whose naming scheme resbackbones does not convert (yet)."""
+    """A weight file whose naming scheme resbackbones does not convert."""
 
 
 @dataclass
@@ -52,11 +59,20 @@ class CheckpointKeys:
         tensors: ``{timm name: tensor}``.
         ignored: keys that are not part of a backbone (detector heads, FPN, optimizer...).
         source_format: short description of the naming found (for the report).
+        renamed: ``{timm name: name in the file}`` for keys converted from Detectron2 or Caffe2
+            names.
+        filled: BatchNorm statistics the file lacks and that were set to Detectron2's values
+            (Caffe2 files fold them into scale and bias).
+        timm_input_normalization: whether the weights expect the catalog's (timm) input
+            normalisation; False for Detectron2/Caffe2 files, whose contract is the config's.
     """
 
     tensors: Dict[str, torch.Tensor]
     ignored: List[str] = field(default_factory=list)
     source_format: str = "timm/torchvision"
+    renamed: Dict[str, str] = field(default_factory=dict)
+    filled: List[str] = field(default_factory=list)
+    timm_input_normalization: bool = True
 
 
 def _as_tensor(value: Any, key: str, path: str) -> torch.Tensor:
@@ -109,8 +125,8 @@ def to_backbone_names(state_dict: Mapping[str, Any], path: str = "<state dict>")
     Returns:
         The renamed tensors and the ignored (non-backbone) keys.
 
-    Raises:
-        UnsupportedCheckpointError: Caffe2 MSRA or Detectron2-ResNet names.
+    Detectron2 built-in ResNet names and Caffe2 blob names are converted; ResNet keys without a
+    timm equivalent keep their names, so that the comparison with the model reports them.
     """
     keys = [key[len("module."):] if key.startswith("module.") else key for key in state_dict]
     values = list(state_dict.values())
@@ -120,21 +136,50 @@ def to_backbone_names(state_dict: Mapping[str, Any], path: str = "<state dict>")
                        for key, value in zip(keys, values) if key.startswith(prefix)}
             ignored = [key for key in keys if not key.startswith(prefix)]
             return CheckpointKeys(tensors, ignored, source_format=f"resbackbones ({prefix}*)")
-    if any(_CAFFE2_KEY.match(key) for key in keys):
-        raise UnsupportedCheckpointError(
-            f"{path} uses Caffe2/Detectron (MSRA) names such as 'res2_0_branch2a_w'. Converting "
-            "those is not supported yet: use timm/torchvision ImageNet weights "
-            "(MODEL.RESBACKBONE.WEIGHTS 'imagenet' or a local timm/torchvision file).")
-    if any(_DETECTRON2_RESNET_KEY.match(key) for key in keys):
-        raise UnsupportedCheckpointError(
-            f"{path} uses Detectron2's built-in ResNet names ('stem.conv1', 'res2.0.conv1', ...), "
-            "not timm's. Converting those is not supported yet: load timm/torchvision ImageNet "
-            "weights, or a checkpoint trained with resbackbones.")
+    if has_caffe2_names(keys):
+        return _from_caffe2(dict(zip(keys, values)), path)
+    d2_prefix = detectron2_backbone_prefix(keys)
+    if d2_prefix is not None:
+        return _from_detectron2(dict(zip(keys, values)), d2_prefix, path)
     tensors = {key: _as_tensor(value, key, path) for key, value in zip(keys, values)
                if isinstance(value, (torch.Tensor, np.ndarray))}
     ignored = [key for key, value in zip(keys, values)
                if not isinstance(value, (torch.Tensor, np.ndarray))]
     return CheckpointKeys(tensors, ignored)
+
+
+def _from_caffe2(blobs: Dict[str, Any], path: str) -> CheckpointKeys:
+    """Caffe2 ResNet blobs -> timm names, with Detectron2's identity statistics filled in."""
+    arrays = {k: v for k, v in blobs.items() if isinstance(v, (torch.Tensor, np.ndarray))}
+    renamed, sources, ignored, _ = caffe2_to_timm_names(arrays)
+    tensors = {key: _as_tensor(value, key, path) for key, value in renamed.items()}
+    filled = fill_caffe2_statistics(tensors, torch.zeros_like, torch.ones_like)
+    ignored += [k for k in blobs if k not in arrays]
+    return CheckpointKeys(tensors, ignored, source_format="Caffe2 (res2_0_branch2a_w)",
+                          renamed=sources, filled=filled, timm_input_normalization=False)
+
+
+def _from_detectron2(state: Dict[str, Any], prefix: str, path: str) -> CheckpointKeys:
+    """Detectron2 built-in ResNet keys under ``prefix`` -> timm names; other keys are ignored.
+
+    ResNet-looking keys without a timm equivalent (deformable-conv offsets, ...) keep their name
+    so that the comparison with the model reports them as unexpected.
+    """
+    tensors: Dict[str, torch.Tensor] = {}
+    sources: Dict[str, str] = {}
+    ignored: List[str] = []
+    for key, value in state.items():
+        relative = key[len(prefix):] if key.startswith(prefix) else ""
+        if not _DETECTRON2_RESNET_START.match(relative) or \
+                not isinstance(value, (torch.Tensor, np.ndarray)):
+            ignored.append(key)
+            continue
+        timm_key = detectron2_to_timm_key(relative) or key
+        tensors[timm_key] = _as_tensor(value, key, path)
+        if timm_key != key:
+            sources[timm_key] = key
+    return CheckpointKeys(tensors, ignored, source_format=f"Detectron2 ResNet ({prefix}res2.*)",
+                          renamed=sources, timm_input_normalization=False)
 
 
 def load_state_dict_file(path: str) -> CheckpointKeys:

@@ -39,6 +39,9 @@ logger = logging.getLogger(__name__)
 _IGNORED_SUFFIXES = ("num_batches_tracked",)
 _STATISTICS = (".running_mean", ".running_var")
 _MAX_EXAMPLES = 4
+# Report rows shown even when empty; the others appear only when they have keys.
+_ALWAYS_SHOWN = ("loaded", "missing (stay random)", "shape mismatch",
+                 "unexpected (not in this architecture)")
 
 
 class IncompatibleWeightsError(ValueError):
@@ -64,6 +67,12 @@ class WeightLoadReport:
         ignored: non-backbone keys of a detector checkpoint (heads, FPN, ...).
         unused_statistics: BatchNorm running statistics with no use in the model's norm
             (NORM "GN" loading BatchNorm weights: the affine parameters load, statistics do not).
+        converted: ``(name in the file, model name)`` for keys renamed from Detectron2 or Caffe2
+            names (they are also in ``loaded``).
+        filled: BatchNorm statistics the file lacks (Caffe2 folds them into scale and bias), set
+            to Detectron2's running mean 0 / variance 1.
+        timm_input_normalization: False for Detectron2/Caffe2 files (their input contract is the
+            config's INPUT.FORMAT/PIXEL_MEAN/PIXEL_STD, not the catalog's timm statistics).
     """
 
     source: str
@@ -75,6 +84,9 @@ class WeightLoadReport:
     unused_stages: List[str] = field(default_factory=list)
     ignored: List[str] = field(default_factory=list)
     unused_statistics: List[str] = field(default_factory=list)
+    converted: List[Tuple[str, str]] = field(default_factory=list)
+    filled: List[str] = field(default_factory=list)
+    timm_input_normalization: bool = True
 
     @property
     def complete(self) -> bool:
@@ -102,7 +114,12 @@ class WeightLoadReport:
             ("non-backbone keys (ignored)", len(self.ignored), "expected", examples(self.ignored)),
             ("BN statistics unused by GN", len(self.unused_statistics), "expected",
              examples(self.unused_statistics)),
+            ("converted from Detectron2/Caffe2 names (in loaded)", len(self.converted),
+             "ok", examples([f"{a} -> {b}" for a, b in self.converted])),
+            ("BN statistics absent from file (mean 0, var 1 as Detectron2)", len(self.filled),
+             "expected", examples(self.filled)),
         ]
+        rows = [row for row in rows if row[1] or row[0] in _ALWAYS_SHOWN]
         text = tabulate(rows, headers=["keys", "count", "status", "examples"], tablefmt="pipe")
         if self.mismatched:
             text += "\n" + tabulate(
@@ -214,13 +231,17 @@ def compare_state_dicts(
     Returns:
         The :class:`WeightLoadReport` (nothing is loaded here).
     """
-    report = WeightLoadReport(source=source, ignored=list(checkpoint.ignored))
+    report = WeightLoadReport(source=source, ignored=list(checkpoint.ignored),
+                              timm_input_normalization=checkpoint.timm_input_normalization)
+    filled = set(checkpoint.filled)
     for key, value in checkpoint.tensors.items():
         if _is_ignorable(key):
             continue
         if key in model_state:
             if tuple(value.shape) == tuple(model_state[key].shape):
-                report.loaded.append(key)
+                (report.filled if key in filled else report.loaded).append(key)
+                if key in checkpoint.renamed:
+                    report.converted.append((checkpoint.renamed[key], key))
             else:
                 report.mismatched.append((key, tuple(value.shape),
                                           tuple(model_state[key].shape)))
@@ -260,6 +281,69 @@ def matching_architectures(tensors: Dict[str, torch.Tensor]) -> List[str]:
     return matches
 
 
+def _first_problem(report: WeightLoadReport) -> str:
+    if report.mismatched:
+        key, in_file, in_model = report.mismatched[0]
+        return (f" First mismatching tensor: '{key}' has shape {tuple(in_file)} in the file, "
+                f"{tuple(in_model)} in the model.")
+    if report.unexpected:
+        return f" First tensor the architecture lacks: '{report.unexpected[0]}'."
+    if report.missing:
+        return f" First tensor missing from the file: '{report.missing[0]}'."
+    return ""
+
+
+def check_weight_report(
+    report: WeightLoadReport,
+    architecture: str,
+    tensors: Dict[str, torch.Tensor],
+    allow_partial: bool = False,
+) -> None:
+    """Refuse an incomplete or foreign set of backbone weights, unless ``allow_partial``.
+
+    Args:
+        report: the comparison of the file with the backbone (:func:`compare_state_dicts`).
+        architecture: the catalog name, for the message.
+        tensors: the file's tensors in timm names (to say which architecture they fit).
+        allow_partial: ``MODEL.RESBACKBONE.ALLOW_PARTIAL_WEIGHTS``: only warn.
+
+    Raises:
+        IncompatibleWeightsError: missing keys, shape mismatches or foreign backbone keys; the
+            message names the first mismatching tensor and the architectures the file fits.
+    """
+    if report.complete:
+        return
+    if allow_partial:
+        logger.warning(f"ALLOW_PARTIAL_WEIGHTS: {len(report.missing)} backbone keys stay random "
+                       f"and {len(report.mismatched)} mismatched keys are skipped.")
+        return
+    guesses = matching_architectures(tensors)
+    guess = (f" The file matches catalog architecture(s): {', '.join(guesses)}; set "
+             "MODEL.RESBACKBONE.ARCH accordingly." if guesses else "")
+    raise IncompatibleWeightsError(
+        f"Weights {report.source} do not fit architecture '{architecture}': "
+        f"{len(report.missing)} missing, {len(report.mismatched)} shape mismatches, "
+        f"{len(report.unexpected)} unexpected backbone keys.{_first_problem(report)}{guess} "
+        "Loading anyway would leave part of the backbone random; set "
+        "MODEL.RESBACKBONE.ALLOW_PARTIAL_WEIGHTS True to accept that.\n" + report.table())
+
+
+def _warn_if_stride_differs(backbone: nn.Module, checkpoint: CheckpointKeys) -> None:
+    """MSRA's Caffe2 ResNets (no groups) put the stride in the 1x1 conv; say so if not set."""
+    if not checkpoint.source_format.startswith("Caffe2"):
+        return
+    conv2 = checkpoint.tensors.get("layer2.0.conv2.weight")
+    conv1 = getattr(getattr(backbone.body, "layer2", [None])[0], "conv1", None)
+    ungrouped_bottleneck = conv2 is not None and conv2.dim() == 4 and \
+        conv2.shape[0] == conv2.shape[1] and conv1 is not None and conv1.kernel_size == (1, 1)
+    if ungrouped_bottleneck and conv1.stride == (1, 1):
+        logger.warning(
+            "Caffe2 ResNet weights without groups are usually MSRA's (R-50.pkl, R-101.pkl), "
+            "which put the stride in the 1x1 conv: set MODEL.RESBACKBONE.STRIDE_IN_1X1 True "
+            "(as Detectron2's MODEL.RESNETS.STRIDE_IN_1X1) unless the file is known to be "
+            "FAIR's.")
+
+
 def load_backbone_weights(
     backbone: nn.Module,
     weights: str,
@@ -288,21 +372,9 @@ def load_backbone_weights(
     report = compare_state_dicts(model_state, checkpoint, backbone.classifier_name, full_keys,
                                  source=f"{source} [{checkpoint.source_format}]")
     logger.info(f"Backbone weights for '{entry.name}' from {report.source}:\n{report.table()}")
-    if not report.complete and not allow_partial:
-        guesses = matching_architectures(checkpoint.tensors) if report.unexpected or \
-            report.mismatched or report.missing else []
-        guess = (f" The file matches catalog architecture(s): {', '.join(guesses)}; set "
-                 "MODEL.RESBACKBONE.ARCH accordingly." if guesses else "")
-        raise IncompatibleWeightsError(
-            f"Weights {report.source} do not fit architecture '{entry.name}': "
-            f"{len(report.missing)} missing, {len(report.mismatched)} shape mismatches, "
-            f"{len(report.unexpected)} unexpected backbone keys.{guess} Loading anyway would "
-            "leave part of the backbone random; set MODEL.RESBACKBONE.ALLOW_PARTIAL_WEIGHTS "
-            f"True to accept that.\n{report.table()}")
-    if not report.complete:
-        logger.warning(f"ALLOW_PARTIAL_WEIGHTS: {len(report.missing)} backbone keys stay random "
-                       f"and {len(report.mismatched)} mismatched keys are skipped.")
-    to_load = {key: checkpoint.tensors[key] for key in report.loaded}
+    check_weight_report(report, entry.name, checkpoint.tensors, allow_partial)
+    _warn_if_stride_differs(backbone, checkpoint)
+    to_load = {key: checkpoint.tensors[key] for key in report.loaded + report.filled}
     for key in model_state:  # keep BN counters consistent when the file has them
         if _is_ignorable(key) and key in checkpoint.tensors:
             to_load[key] = checkpoint.tensors[key]
