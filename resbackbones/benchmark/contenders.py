@@ -8,7 +8,7 @@ model in a busy image (up to ``DETECTIONS_PER_IMAGE`` boxes, masks pasted for ea
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -73,12 +73,15 @@ def calibrate_frozen_batchnorm(model: nn.Module, run_forward: Callable[[], objec
 
     def record_statistics(module, args):
         features = args[0].detach().float()
-        module.running_mean.copy_(features.mean(dim=(0, 2, 3)))
-        module.running_var.copy_(features.var(dim=(0, 2, 3)) + 1e-5)
+        with torch.no_grad():
+            module.running_mean.copy_(features.mean(dim=(0, 2, 3)))
+            module.running_var.copy_(features.var(dim=(0, 2, 3)) + 1e-5)
         handles[module].remove()
 
     handles = {m: m.register_forward_pre_hook(record_statistics) for m in frozen}
-    run_forward()
+    # With grad enabled the backbone runs its own layers, not its BN-folded inference copy.
+    with torch.enable_grad():
+        run_forward()
     for handle in handles.values():
         handle.remove()
     return len(frozen)
@@ -113,14 +116,20 @@ def _sgd(model: nn.Module) -> torch.optim.Optimizer:
 
 
 def detectron2_contender(name: str, cfg, image_rgb: np.ndarray, train_batch: int,
-                         description: str) -> Contender:
-    """Any Detectron2 detector built from ``cfg`` (built-in backbone or ours)."""
+                         description: str, state_dict: Optional[dict] = None) -> Contender:
+    """Any Detectron2 detector built from ``cfg`` (built-in backbone or ours).
+
+    With ``state_dict`` the model loads it (strictly) instead of being calibrated, so that two
+    contenders can run the very same network and weights.
+    """
     from detectron2.modeling import build_model
 
     device = torch.device(cfg.MODEL.DEVICE)
     model = build_model(cfg)
-    predictor = getattr(model.roi_heads, "box_predictor", None)
-    if predictor is not None:
+    predictor = getattr(getattr(model, "roi_heads", None), "box_predictor", None)
+    if state_dict is not None:
+        model.load_state_dict(state_dict, strict=True)
+    elif predictor is not None:
         bias_towards_one_class(predictor.cls_score, 0)
     test_inputs = _detectron2_inputs(image_rgb, cfg.INPUT.FORMAT, device, 1, False)
     train_inputs = _detectron2_inputs(image_rgb, cfg.INPUT.FORMAT, device, train_batch, True)
@@ -131,7 +140,7 @@ def detectron2_contender(name: str, cfg, image_rgb: np.ndarray, train_batch: int
         with torch.inference_mode():
             return model(test_inputs)
 
-    with torch.no_grad():
+    if state_dict is None:
         calibrate_frozen_batchnorm(model, lambda: model.eval()(test_inputs))
 
     def train_step() -> float:
@@ -180,8 +189,7 @@ def torchvision_contender(image_rgb: np.ndarray, device: torch.device, train_bat
         with torch.inference_mode():
             return model([image])
 
-    with torch.no_grad():
-        calibrate_frozen_batchnorm(model, lambda: model.eval()([image]))
+    calibrate_frozen_batchnorm(model, lambda: model.eval()([image]))
 
     def train_step() -> float:
         model.train()
@@ -195,6 +203,25 @@ def torchvision_contender(image_rgb: np.ndarray, device: torch.device, train_bat
     name = "torchvision " + ("maskrcnn" if with_masks else "fasterrcnn") + "_resnet50_fpn"
     return Contender(name, model, infer, train_step,
                      "torchvision.models.detection, ResNet-50 with FrozenBatchNorm2d")
+
+
+def _boxes(outputs) -> torch.Tensor:
+    first = outputs[0]
+    if isinstance(first, dict) and "instances" in first:
+        return first["instances"].pred_boxes.tensor
+    return first["boxes"]
+
+
+def detection_agreement(outputs, reference_outputs, iou_threshold: float = 0.99) -> float:
+    """Fraction of the reference's detections that ``outputs`` reproduces (IoU > threshold)."""
+    from torchvision.ops import box_iou
+
+    boxes, reference = _boxes(outputs).float().cpu(), _boxes(reference_outputs).float().cpu()
+    if len(reference) == 0:
+        return 1.0 if len(boxes) == 0 else 0.0
+    if len(boxes) == 0:
+        return 0.0
+    return float((box_iou(reference, boxes).max(dim=1).values > iou_threshold).float().mean())
 
 
 def detection_counts(outputs) -> Dict[str, int]:

@@ -65,6 +65,9 @@ def comparison_markdown(result: ComparisonResult) -> str:
         "",
     ]
     lines += [f"- **{name}**: {text}" for name, text in result.descriptions.items()]
+    for name, fraction in result.agreement_with_reference.items():
+        lines.append(f"- Same weights, same network: {fraction:.0%} of the built-in model's "
+                     f"detections are reproduced by {name} (IoU > 0.99).")
     return "\n".join(lines)
 
 

@@ -14,8 +14,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from resbackbones.checkpoint.detectron2_names import resbackbones_to_detectron2
 from resbackbones.benchmark.contenders import (
     Contender,
+    detection_agreement,
     detection_counts,
     detectron2_contender,
     synthetic_image,
@@ -77,6 +79,7 @@ class ComparisonResult:
     parameters: Dict[str, int]
     detections: Dict[str, int]
     descriptions: Dict[str, str]
+    agreement_with_reference: Dict[str, float] = field(default_factory=dict)
 
 
 def _save_random_timm_weights(arch: str, directory: str) -> str:
@@ -142,13 +145,22 @@ def build_contenders(settings: BenchmarkSettings, weights_dir: str) -> List[Cont
     arch = arch_cfg.MODEL.RESBACKBONE.ARCH
     weights = _save_random_timm_weights(arch, weights_dir)
     ours = resbackbones_config(settings, weights)
+    ours_contender = detectron2_contender(
+        "resbackbones", ours, image, settings.train_batch,
+        f"{arch} from timm, {ours.MODEL.RESBACKBONE.NORM}, speed-ups: channels-last "
+        f"{ours.MODEL.RESBACKBONE.CHANNELS_LAST}, BN folding "
+        f"{ours.MODEL.RESBACKBONE.FOLD_BN_FOR_INFERENCE}, inference AMP "
+        f"{ours.MODEL.RESBACKBONE.INFERENCE_AMP}; config {settings.config_file}")
+    # The built-in twin runs the very same weights, renamed to Detectron2's ResNet names.
+    twin_state, unconverted = resbackbones_to_detectron2(ours_contender.model.state_dict())
+    if unconverted:
+        raise RuntimeError(f"{arch}: no Detectron2 name for {unconverted[:3]}")
     contenders = [
-        detectron2_contender(
-            "resbackbones", ours, image, settings.train_batch,
-            f"{arch} from timm, {ours.MODEL.RESBACKBONE.NORM}, config {settings.config_file}"),
+        ours_contender,
         detectron2_contender(
             REFERENCE, builtin_twin_config(ours), image, settings.train_batch,
-            "detectron2.modeling.build_resnet_fpn_backbone, same depth/width, stride in 3x3"),
+            "detectron2.modeling.build_resnet_fpn_backbone, same depth/width (stride in 3x3), "
+            "same weights as resbackbones", state_dict=twin_state),
     ]
     if settings.include_torchvision and arch == "resnet50":
         contenders.append(torchvision_contender(image, torch.device(settings.device),
@@ -166,7 +178,10 @@ def run_comparison(settings: BenchmarkSettings) -> ComparisonResult:
     names = [c.name for c in contenders]
     logger.info("benchmarking %s at %dx%d on %s", names, settings.height, settings.width,
                 describe_device(device))
-    detections = {c.name: detection_counts(c.infer())["detections"] for c in contenders}
+    outputs = {c.name: c.infer() for c in contenders}
+    detections = {name: detection_counts(out)["detections"] for name, out in outputs.items()}
+    agreement = {name: detection_agreement(out, outputs[REFERENCE])
+                 for name, out in outputs.items() if name == "resbackbones"}
     flops = {c.name: count_flops(c.infer) for c in contenders}
     total = len(contenders) * (settings.warmup + settings.repeats)
     with tqdm(total=total, desc="inference", leave=False) as bar:
@@ -189,6 +204,7 @@ def run_comparison(settings: BenchmarkSettings) -> ComparisonResult:
         parameters={c.name: count_parameters(c.model) for c in contenders},
         detections=detections,
         descriptions={c.name: c.description for c in contenders},
+        agreement_with_reference=agreement,
     )
 
 
