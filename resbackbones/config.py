@@ -6,8 +6,9 @@ own ``MODEL.FPN.*`` keys and freezing in ``MODEL.BACKBONE.FREEZE_AT``.
 """
 from __future__ import annotations
 
+import difflib
 import logging
-from typing import List, Tuple
+from typing import List, Sequence, Tuple
 
 from detectron2.config import CfgNode as CN
 
@@ -19,6 +20,9 @@ __all__ = [
     "expected_input_normalization",
     "check_input_normalization",
     "VALID_NORMS",
+    "ConfigError",
+    "merge_config_checked",
+    "validate_config",
 ]
 
 logger = logging.getLogger(__name__)
@@ -132,3 +136,101 @@ def check_input_normalization(cfg: CN, tolerance: float = 1e-2) -> List[str]:
         logger.warning(message)
         messages.append(message)
     return messages
+
+
+class ConfigError(ValueError):
+    """A config key or value is invalid; raised before any work starts."""
+
+
+def _all_keys(node: CN, prefix: str = "") -> List[str]:
+    keys = []
+    for key, value in node.items():
+        full = f"{prefix}{key}"
+        keys.extend(_all_keys(value, full + ".") if isinstance(value, CN) else [full])
+    return keys
+
+
+def merge_config_checked(cfg: CN, config_file: str = "", opts: Sequence[str] = ()) -> CN:
+    """Merge a YAML file and ``KEY VALUE`` overrides, with errors that say what would be valid.
+
+    Detectron2 rejects an unknown key with "Non-existent config key" and a wrong type with a
+    yacs type mismatch; this adds the file at fault and the closest valid key names.
+
+    Args:
+        cfg: a config that already has the project's namespaces (``add_resbackbone_config``).
+        config_file: YAML file to merge ("" for none).
+        opts: flat list of overrides, e.g. ``["MODEL.RESBACKBONE.ARCH", "resnet18"]``.
+
+    Returns:
+        ``cfg``, merged.
+    """
+    import os
+
+    if config_file and not os.path.isfile(config_file):
+        raise ConfigError(f"Config file not found: {config_file}")
+    sources = [(config_file, lambda: cfg.merge_from_file(config_file))] if config_file else []
+    if opts:
+        if len(opts) % 2:
+            raise ConfigError(f"Overrides must be KEY VALUE pairs; got an odd list {list(opts)}")
+        sources.append(("command-line overrides", lambda: cfg.merge_from_list(list(opts))))
+    for source, merge in sources:
+        try:
+            merge()
+        except (KeyError, AssertionError) as error:  # yacs asserts for unknown override keys
+            message = str(error.args[0]) if error.args else str(error)
+            bad_key = message.rsplit(":", 1)[-1].strip()
+            close = difflib.get_close_matches(bad_key, _all_keys(cfg), n=3, cutoff=0.6)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise ConfigError(f"{source}: unknown config key {bad_key!r}.{hint}") from error
+        except ValueError as error:
+            raise ConfigError(f"{source}: {error}") from error
+    return cfg
+
+
+def validate_config(cfg: CN) -> CN:
+    """Check every ``MODEL.RESBACKBONE`` value and the backbone name before any work starts.
+
+    Building a model would catch most of these too, but only after datasets were loaded or
+    processes spawned; here each error names the key, the value and the valid choices.
+
+    Returns:
+        ``cfg``, unchanged.
+    """
+    import os
+
+    from detectron2.modeling import BACKBONE_REGISTRY
+
+    from resbackbones.modeling.fpn import INFERENCE_AMP_CHOICES
+    from resbackbones.modeling.timm_backbone import CHANNELS_LAST_CHOICES
+
+    backbone_names = sorted(BACKBONE_REGISTRY._obj_map)
+    if cfg.MODEL.BACKBONE.NAME not in backbone_names:
+        raise ConfigError(f"MODEL.BACKBONE.NAME {cfg.MODEL.BACKBONE.NAME!r} is not registered; "
+                          f"valid: {', '.join(backbone_names)}.")
+    if not 0 <= cfg.MODEL.BACKBONE.FREEZE_AT <= 5:
+        raise ConfigError(f"MODEL.BACKBONE.FREEZE_AT {cfg.MODEL.BACKBONE.FREEZE_AT} is invalid; "
+                          "valid: 0 (nothing) .. 5 (everything).")
+    if "RESBACKBONE" not in cfg.MODEL:
+        return cfg
+    settings = cfg.MODEL.RESBACKBONE
+    try:
+        get_entry(settings.ARCH)
+    except (KeyError, ValueError) as error:
+        raise ConfigError(f"MODEL.RESBACKBONE.ARCH: {error}") from error
+    choices = {"NORM": VALID_NORMS, "CHANNELS_LAST": CHANNELS_LAST_CHOICES,
+               "INFERENCE_AMP": INFERENCE_AMP_CHOICES}
+    for key, valid in choices.items():
+        if settings[key] not in valid:
+            raise ConfigError(f"MODEL.RESBACKBONE.{key} {settings[key]!r} is invalid; valid: "
+                              f"{', '.join(valid)}.")
+    stages = ("res2", "res3", "res4", "res5")
+    if not settings.OUT_FEATURES or any(name not in stages for name in settings.OUT_FEATURES):
+        raise ConfigError(f"MODEL.RESBACKBONE.OUT_FEATURES {list(settings.OUT_FEATURES)} is "
+                          f"invalid; use a non-empty subset of {list(stages)}.")
+    weights = settings.WEIGHTS
+    looks_local = weights and weights != "imagenet" and "://" not in weights and not (
+        is_timm_name(weights))
+    if looks_local and not os.path.isfile(weights):
+        raise ConfigError(f"MODEL.RESBACKBONE.WEIGHTS file not found: {weights!r}. Valid: '' "
+                          "(random init), 'imagenet', 'timm:<model>.<tag>' or an existing file.")
+    return cfg
