@@ -1,0 +1,169 @@
+"""Run a predictor over files, folders, globs and videos, writing drawings and COCO JSON.
+
+The library side of ``tools/demo.py`` (Detectron2's demo style): for each image
+``<output>/<name>.png`` (the drawing) and ``<output>/<name>.json`` (COCO results); for a video
+``<output>/<name>.mp4`` and one JSON whose ``image_id`` is the frame index. A file that fails to
+decode is reported and skipped; the run goes on.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Iterable, List, Sequence
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from .drawing import draw_detections
+from .images import ImageDecodeError
+from .predictor import DemoPredictor
+from .results import coco_results, filter_instances, write_coco_json
+
+__all__ = ["BatchSummary", "expand_inputs", "run_on_image_file", "run_on_inputs", "run_on_video"]
+
+logger = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+
+
+@dataclass
+class BatchSummary:
+    """What a batch run did: written files and inputs that failed, with why."""
+
+    written: List[str] = field(default_factory=list)
+    failed: List[str] = field(default_factory=list)
+
+
+def expand_inputs(inputs: Sequence[str]) -> List[str]:
+    """Expand files, folders (their files, sorted, not recursive) and glob patterns.
+
+    Raises:
+        FileNotFoundError: an input matches nothing.
+    """
+    files: List[str] = []
+    for item in inputs:
+        if os.path.isdir(item):
+            found = sorted(os.path.join(item, f) for f in os.listdir(item)
+                           if os.path.isfile(os.path.join(item, f)) and not f.startswith("."))
+        elif os.path.isfile(item):
+            found = [item]
+        else:
+            found = sorted(f for f in glob.glob(os.path.expanduser(item)) if os.path.isfile(f))
+        if not found:
+            raise FileNotFoundError(f"--input {item!r} matches no file (give files, a folder or "
+                                    "a quoted glob such as 'images/*.jpg').")
+        files.extend(found)
+    return files
+
+
+def _image_id(path: str, index: int) -> int:
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return int(stem) if stem.isdigit() else index
+
+
+def run_on_image_file(predictor: DemoPredictor, path: str, output_dir: str,
+                      score_threshold: float = 0.5, image_id: int = 0) -> List[str]:
+    """Predict on one image file; write ``<stem>.png`` (drawing) and ``<stem>.json``.
+
+    Returns:
+        The two written paths.
+
+    Raises:
+        ImageDecodeError: the file is not a usable image.
+    """
+    prediction = predictor(path, name=os.path.basename(path))
+    kept = filter_instances(prediction.instances, score_threshold)
+    drawn = draw_detections(prediction.image, kept, predictor.class_names)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    os.makedirs(output_dir, exist_ok=True)
+    image_path = os.path.join(output_dir, f"{stem}.png")
+    Image.fromarray(drawn).save(image_path)
+    mapping = predictor.metadata.get("thing_dataset_id_to_contiguous_id", None)
+    json_path = write_coco_json(coco_results(kept, image_id, mapping),
+                                os.path.join(output_dir, f"{stem}.json"))
+    logger.info(f"{path}: {len(kept)} detections, {prediction.timings['model'] * 1000:.0f} ms "
+                f"in the model")
+    return [image_path, json_path]
+
+
+def _is_video(path: str) -> bool:
+    return path.lower().endswith(VIDEO_EXTENSIONS)
+
+
+def run_on_video(predictor: DemoPredictor, path: str, output_dir: str,
+                 score_threshold: float = 0.5) -> List[str]:
+    """Predict on every frame of a video readable by OpenCV; write ``<stem>.mp4`` and JSON.
+
+    Raises:
+        ValueError: OpenCV cannot read the file.
+    """
+    import cv2
+
+    capture = cv2.VideoCapture(path)
+    if not capture.isOpened():
+        raise ValueError(f"{path}: OpenCV cannot open this video (codec missing or not a "
+                         "video).")
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    stem = os.path.splitext(os.path.basename(path))[0]
+    os.makedirs(output_dir, exist_ok=True)
+    video_path = os.path.join(output_dir, f"{stem}.mp4")
+    mapping = predictor.metadata.get("thing_dataset_id_to_contiguous_id", None)
+    writer = None
+    results = []
+    try:
+        for index in tqdm(range(frames) if frames else iter(int, 1), desc=stem, unit="frame",
+                          leave=False):
+            ok, frame_bgr = capture.read()
+            if not ok:
+                break
+            prediction = predictor.predict(np.ascontiguousarray(frame_bgr[:, :, ::-1]))
+            kept = filter_instances(prediction.instances, score_threshold)
+            drawn = draw_detections(prediction.image, kept, predictor.class_names)
+            if writer is None:
+                fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+                writer = cv2.VideoWriter(video_path, fourcc, fps, (drawn.shape[1],
+                                                                   drawn.shape[0]))
+            writer.write(np.ascontiguousarray(drawn[:, :, ::-1]))
+            results.extend(coco_results(kept, index, mapping))
+    finally:
+        capture.release()
+        if writer is not None:
+            writer.release()
+    if writer is None:
+        raise ValueError(f"{path}: OpenCV opened the file but read no frame from it.")
+    json_path = write_coco_json(results, os.path.join(output_dir, f"{stem}.json"))
+    return [video_path, json_path]
+
+
+def run_on_inputs(predictor: DemoPredictor, inputs: Iterable[str], output_dir: str,
+                  score_threshold: float = 0.5) -> BatchSummary:
+    """Run on every input (see :func:`expand_inputs`), with a progress bar.
+
+    Images go through Pillow; a file Pillow cannot read is tried as a video with OpenCV.
+
+    Returns:
+        Written files and failures (``"path: reason"``).
+    """
+    files = expand_inputs(list(inputs))
+    summary = BatchSummary()
+    for index, path in enumerate(tqdm(files, desc="demo", unit="file")):
+        try:
+            if _is_video(path):
+                summary.written += run_on_video(predictor, path, output_dir, score_threshold)
+                continue
+            try:
+                summary.written += run_on_image_file(predictor, path, output_dir,
+                                                     score_threshold, _image_id(path, index))
+            except ImageDecodeError as image_error:
+                try:
+                    summary.written += run_on_video(predictor, path, output_dir, score_threshold)
+                except ValueError:
+                    raise image_error from None
+        except (ValueError, OSError) as err:
+            logger.warning(f"Skipped {path}: {err}")
+            summary.failed.append(f"{path}: {err}")
+    return summary

@@ -1,0 +1,328 @@
+"""Load a detector once from a config and weights, and run it on single images with timings.
+
+Why not Detectron2's ``DefaultPredictor`` as is: a demo must say where the time goes
+(pre-processing, model, drawing are reported separately), must refuse a checkpoint that does not
+fit the model instead of logging the mismatch and showing a half-random model, must know the
+class names even when the training dataset is not registered, and must not crash on the default
+``MODEL.DEVICE: cuda`` of a CPU-only machine. The pre-processing is the same as
+``DefaultPredictor``'s (test-time ``ResizeShortestEdge``, ``INPUT.FORMAT`` channel order), so the
+detections are identical; a test checks it.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode, get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.data.catalog import Metadata
+from detectron2.modeling import build_model
+from detectron2.structures import Instances
+
+from .images import DecodedImage, decode_image
+
+__all__ = [
+    "DemoPredictor",
+    "Prediction",
+    "import_resbackbones_extensions",
+    "model_name_from_config",
+    "setup_cfg",
+]
+
+logger = logging.getLogger(__name__)
+
+# Modules of this package that register things when imported: backbones (BACKBONE_REGISTRY),
+# the config keys, and the datasets whose metadata carries the class names.
+_EXTENSION_MODULES = ("resbackbones.config", "resbackbones.modeling", "resbackbones.data")
+
+
+def import_resbackbones_extensions() -> List[str]:
+    """Import the resbackbones modules that register backbones, config keys and datasets.
+
+    Modules that do not exist (yet) are skipped; an error inside an existing module is raised,
+    because hiding it would turn into a confusing "Non-existent config key" later.
+
+    Returns:
+        The names of the modules imported.
+    """
+    imported = []
+    for module in _EXTENSION_MODULES:
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
+            imported.append(module)
+    return imported
+
+
+def setup_cfg(
+    config_file: str,
+    opts: Sequence[str] = (),
+    device: Optional[str] = None,
+    score_threshold: Optional[float] = None,
+) -> CfgNode:
+    """Build a frozen inference config from a Detectron2 YAML file and command-line overrides.
+
+    Args:
+        config_file: a Detectron2 config (any meta-architecture; resbackbones keys allowed).
+        opts: ``KEY VALUE`` overrides, e.g. ``["MODEL.WEIGHTS", "model_final.pth"]``.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``; ``None`` keeps ``MODEL.DEVICE`` but falls back
+            to the CPU (with a warning) when it asks for CUDA and none is available.
+        score_threshold: if given, the minimum score the model returns (set for ROI heads,
+            RetinaNet and panoptic FPN, as in Detectron2's demo).
+
+    Returns:
+        The frozen config.
+
+    Raises:
+        FileNotFoundError: ``config_file`` does not exist.
+        ValueError: ``opts`` has an odd length.
+    """
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(
+            f"Config file {config_file!r} does not exist. Pass a Detectron2 YAML config with "
+            "--config-file (after `make quickstart`: output/quickstart/config.yaml)."
+        )
+    if len(opts) % 2:
+        raise ValueError(f"--opts needs KEY VALUE pairs, got an odd number of items: {list(opts)}")
+    import_resbackbones_extensions()
+    cfg = get_cfg()
+    add_config = _optional_attr("resbackbones.config", "add_resbackbone_config")
+    if add_config is not None:
+        add_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    if device is not None:
+        cfg.MODEL.DEVICE = device
+    elif cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but CUDA is not available: "
+                       "running on the CPU (pass --device cpu to silence this).")
+        cfg.MODEL.DEVICE = "cpu"
+    if score_threshold is not None:
+        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = score_threshold
+        cfg.MODEL.RETINANET.SCORE_THRESH_TEST = score_threshold
+        cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = score_threshold
+    cfg.freeze()
+    return cfg
+
+
+def model_name_from_config(config_file: str) -> str:
+    """A short display name: the config's file stem, or its folder for a generic ``config.yaml``."""
+    stem = os.path.splitext(os.path.basename(config_file))[0]
+    if stem == "config":
+        parent = os.path.basename(os.path.dirname(os.path.abspath(config_file)))
+        return parent or stem
+    return stem
+
+
+def _optional_attr(module: str, name: str) -> Any:
+    if importlib.util.find_spec(module) is None:
+        return None
+    return getattr(importlib.import_module(module), name, None)
+
+
+@dataclass
+class Prediction:
+    """The model's output on one image, kept on the CPU.
+
+    Attributes:
+        image: the RGB ``uint8`` image the model saw (after any downscaling at decode time);
+            boxes and masks are in its pixel coordinates.
+        instances: Detectron2 ``Instances`` (``pred_boxes``, ``scores``, ``pred_classes``,
+            optionally ``pred_masks``) on the CPU.
+        timings: seconds spent per stage (``"preprocess"``, ``"model"``).
+        notes: remarks from decoding (downscaled, 16-bit scaled, ...).
+    """
+
+    image: np.ndarray
+    instances: Instances
+    timings: Dict[str, float] = field(default_factory=dict)
+    notes: Tuple[str, ...] = ()
+
+
+class _ReportingCheckpointer(DetectionCheckpointer):
+    """A ``DetectionCheckpointer`` that keeps the incompatible keys it would only log."""
+
+    incompatible: Any = None
+
+    def _load_model(self, checkpoint: Any) -> Any:
+        self.incompatible = super()._load_model(checkpoint)
+        return self.incompatible
+
+
+class DemoPredictor:
+    """Build a model from a config once, load its weights, and predict on single RGB images.
+
+    Args:
+        cfg: a config from :func:`setup_cfg`.
+        name: display name of the model.
+        class_names: overrides the class names (else: metadata of ``DATASETS.TEST[0]``, then a
+            ``thing_classes`` list stored in the checkpoint, then ``"class N"``).
+        allow_partial_weights: load a checkpoint that misses some of the model's parameters
+            (they stay randomly initialised). Off by default: such a model shows garbage.
+    """
+
+    def __init__(
+        self,
+        cfg: CfgNode,
+        name: str = "model",
+        class_names: Optional[Sequence[str]] = None,
+        allow_partial_weights: bool = False,
+    ):
+        self.cfg = cfg.clone()
+        self.cfg.freeze()
+        self.name = name
+        self.model = build_model(self.cfg)
+        self.model.eval()
+        checkpoint_extra = self._load_weights(cfg.MODEL.WEIGHTS, allow_partial_weights)
+        self.input_format = cfg.INPUT.FORMAT
+        if self.input_format not in ("RGB", "BGR"):
+            raise ValueError(f"INPUT.FORMAT is {self.input_format!r}; the demo supports RGB, BGR.")
+        self.test_size = (int(cfg.INPUT.MIN_SIZE_TEST), int(cfg.INPUT.MAX_SIZE_TEST))
+        self.resize = T.ResizeShortestEdge([self.test_size[0]] * 2, self.test_size[1])
+        self.class_names = self._resolve_class_names(class_names, checkpoint_extra)
+        self.metadata = self._build_metadata()
+
+    @property
+    def device(self) -> str:
+        """The device the model runs on, with the GPU's name when there is one."""
+        device = torch.device(self.cfg.MODEL.DEVICE)
+        if device.type == "cuda":
+            return f"{device} ({torch.cuda.get_device_name(device)})"
+        return str(device)
+
+    def _load_weights(self, weights: str, allow_partial: bool) -> Dict[str, Any]:
+        if not weights:
+            logger.warning(f"{self.name}: MODEL.WEIGHTS is empty, the model has random weights "
+                           "and its detections are meaningless.")
+            return {}
+        if "://" not in weights:
+            if not os.path.isfile(weights):
+                raise FileNotFoundError(
+                    f"MODEL.WEIGHTS file {weights!r} does not exist. Train a model first "
+                    "(`make quickstart` writes output/quickstart/model_final.pth) or pass "
+                    "--opts MODEL.WEIGHTS /path/to/model_final.pth."
+                )
+            if os.path.getsize(weights) < 1024:
+                raise ValueError(f"MODEL.WEIGHTS file {weights!r} is only "
+                                 f"{os.path.getsize(weights)} bytes: not a checkpoint (an "
+                                 "interrupted download or an LFS pointer?).")
+        checkpointer = _ReportingCheckpointer(self.model)
+        extra = checkpointer.load(weights) or {}
+        incompatible = checkpointer.incompatible
+        problems = []
+        if incompatible is not None:
+            if incompatible.missing_keys:
+                problems.append(f"{len(incompatible.missing_keys)} parameters missing "
+                                f"(e.g. {', '.join(incompatible.missing_keys[:3])})")
+            if incompatible.incorrect_shapes:
+                problems.append(f"{len(incompatible.incorrect_shapes)} with a different shape "
+                                f"(e.g. {incompatible.incorrect_shapes[0][0]})")
+        if problems:
+            message = (f"MODEL.WEIGHTS {weights!r} does not fit the model built from the config: "
+                       f"{'; '.join(problems)}. Use the config the checkpoint was trained with.")
+            if not allow_partial:
+                raise ValueError(message)
+            logger.warning(message)
+        return extra
+
+    def _resolve_class_names(self, explicit: Optional[Sequence[str]],
+                             checkpoint_extra: Dict[str, Any]) -> List[str]:
+        num_classes = _num_classes(self.cfg)
+        candidates = []
+        if explicit:
+            candidates.append(("--class-names", list(explicit)))
+        if len(self.cfg.DATASETS.TEST):
+            names = MetadataCatalog.get(self.cfg.DATASETS.TEST[0]).get("thing_classes", None)
+            if names:
+                candidates.append((f"metadata of {self.cfg.DATASETS.TEST[0]!r}", list(names)))
+        stored = checkpoint_extra.get("thing_classes")
+        if stored is None and isinstance(checkpoint_extra.get("metadata"), dict):
+            stored = checkpoint_extra["metadata"].get("thing_classes")
+        if stored:
+            candidates.append(("the checkpoint", [str(n) for n in stored]))
+        for source, names in candidates:
+            if num_classes is None or len(names) == num_classes:
+                return names
+            logger.warning(f"{self.name}: {len(names)} class names from {source} but the model "
+                           f"has {num_classes} classes; ignoring them.")
+        return [f"class {i}" for i in range(num_classes or 0)]
+
+    def _build_metadata(self) -> Metadata:
+        metadata = Metadata(name=f"resbackbones_demo_{self.name}")
+        metadata.thing_classes = list(self.class_names)
+        if len(self.cfg.DATASETS.TEST):
+            source = MetadataCatalog.get(self.cfg.DATASETS.TEST[0])
+            mapping = source.get("thing_dataset_id_to_contiguous_id", None)
+            if mapping and len(mapping) == len(self.class_names):
+                metadata.thing_dataset_id_to_contiguous_id = dict(mapping)
+        return metadata
+
+    def decode(self, source: Any, name: str = "The file") -> DecodedImage:
+        """Decode an upload for this model, downscaling anything larger than its test size."""
+        min_size, max_size = self.test_size
+        return decode_image(source, max_size=(min_size, max_size or 1333), name=name)
+
+    @torch.no_grad()
+    def predict(self, image: Union[np.ndarray, DecodedImage]) -> Prediction:
+        """Run the model on one RGB image.
+
+        Args:
+            image: an RGB ``uint8`` array (H, W, 3) or a :class:`DecodedImage`.
+
+        Returns:
+            The prediction, with instances on the CPU in the image's pixel coordinates.
+        """
+        start = time.perf_counter()
+        notes: Tuple[str, ...] = ()
+        if isinstance(image, DecodedImage):
+            notes, image = image.notes, image.rgb
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"Expected an RGB uint8 array (H, W, 3), got {image.dtype} "
+                             f"{image.shape}.")
+        height, width = image.shape[:2]
+        model_input = image[:, :, ::-1] if self.input_format == "BGR" else image
+        model_input = self.resize.get_transform(model_input).apply_image(model_input)
+        tensor = torch.as_tensor(model_input.astype("float32").transpose(2, 0, 1))
+        tensor = tensor.to(self.cfg.MODEL.DEVICE)
+        self._synchronize()
+        preprocess = time.perf_counter() - start
+        start = time.perf_counter()
+        outputs = self.model([{"image": tensor, "height": height, "width": width}])[0]
+        self._synchronize()
+        model_time = time.perf_counter() - start
+        if "instances" not in outputs:
+            raise ValueError(f"{self.name}: the model returned {sorted(outputs)}, not instances; "
+                             "the demo draws instance detections only.")
+        instances = outputs["instances"].to("cpu")
+        return Prediction(image=image, instances=instances, notes=notes,
+                          timings={"preprocess": preprocess, "model": model_time})
+
+    def __call__(self, source: Any, name: str = "The file") -> Prediction:
+        """Decode ``source`` (bytes, path or Pillow image) and predict, timing both."""
+        start = time.perf_counter()
+        decoded = self.decode(source, name=name)
+        decode_time = time.perf_counter() - start
+        prediction = self.predict(decoded)
+        prediction.timings["preprocess"] += decode_time
+        return prediction
+
+    def _synchronize(self) -> None:
+        if torch.device(self.cfg.MODEL.DEVICE).type == "cuda":
+            torch.cuda.synchronize()
+
+
+def _num_classes(cfg: CfgNode) -> Optional[int]:
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if arch == "RetinaNet":
+        return int(cfg.MODEL.RETINANET.NUM_CLASSES)
+    if "ROI_HEADS" in cfg.MODEL:
+        return int(cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+    return None
