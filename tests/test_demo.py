@@ -325,6 +325,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+SERVER_PROCESS = {}
+
+
 @pytest.fixture(scope="module")
 def server(model_files):
     """tools/gradio_demo.py serving the tiny model on 127.0.0.1; yields its printed URL."""
@@ -347,6 +350,7 @@ def server(model_files):
     if url is None:
         process.kill()
         pytest.fail(f"gradio_demo.py did not print its URL:\n{Path(log.name).read_text()}")
+    SERVER_PROCESS["pid"] = process.pid
     yield url
     process.terminate()
     try:
@@ -461,3 +465,71 @@ def test_browser_upload_shows_result(server, tmp_path):
             assert screenshot.stat().st_size > 10_000
         finally:
             browser.close()
+
+
+@pytest.mark.slow
+def test_server_under_load_and_malformed_flood(server, tmp_path):
+    """8 concurrent clients for 30 s, half of them sending malformed uploads: every request is
+    answered (or queued and then answered), server memory stays bounded, and it still works."""
+    import threading
+
+    import psutil
+    from gradio_client import Client, handle_file
+
+    good = tmp_path / "good.png"
+    Image.fromarray(_shapes()).save(good)
+    rng = np.random.default_rng(7)
+    malformed = []
+    for index in range(6):
+        path = tmp_path / f"malformed{index}.png"
+        data = _png(_shapes(index)) if index % 2 else rng.bytes(int(rng.integers(1, 5000)))
+        path.write_bytes(data[: len(data) // (index + 1)] if index % 2 else data)
+        malformed.append(path)
+    server_process = psutil.Process(SERVER_PROCESS["pid"])
+    memory = {"start": server_process.memory_info().rss, "peak": 0}
+    outcomes = {"answered": 0, "messages": 0, "failed": []}
+    lock = threading.Lock()
+    stop_at = time.time() + 30
+
+    def client_loop(index: int) -> None:
+        client = Client(server, verbose=False)
+        turn = 0
+        while time.time() < stop_at:
+            path = malformed[turn % len(malformed)] if index % 2 else good
+            turn += 1
+            try:
+                image, table, _, message = client.predict(
+                    handle_file(str(path)), "mask_rcnn_R_50_FPN_1x", 0.0, [],
+                    ["boxes", "masks", "labels"], api_name="/detect")
+            except Exception as error:  # a crash or a refused request is what we test for
+                with lock:
+                    outcomes["failed"].append(f"{path.name}: {error!r}")
+                continue
+            with lock:
+                if image is not None and table["data"]:
+                    outcomes["answered"] += 1
+                elif image is None and message:
+                    outcomes["messages"] += 1
+                else:
+                    outcomes["failed"].append(f"{path.name}: empty answer {message!r}")
+
+    def watch_memory() -> None:
+        while time.time() < stop_at + 5:
+            memory["peak"] = max(memory["peak"], server_process.memory_info().rss)
+            time.sleep(0.2)
+
+    threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(8)]
+    threads.append(threading.Thread(target=watch_memory))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=180)
+    print(f"load test: {outcomes['answered']} detections answered, {outcomes['messages']} "
+          f"malformed uploads answered with a message, {len(outcomes['failed'])} failed; "
+          f"server RSS {memory['start'] / 2**20:.0f} MiB -> peak {memory['peak'] / 2**20:.0f} MiB")
+    assert outcomes["failed"] == []
+    assert outcomes["answered"] >= 8 and outcomes["messages"] >= 8
+    assert memory["peak"] - memory["start"] < 1.5 * 2**30
+    image, table, _, _ = Client(server, verbose=False).predict(
+        handle_file(str(good)), "mask_rcnn_R_50_FPN_1x", 0.0, [], ["boxes"], api_name="/detect")
+    assert image is not None and table["data"]
