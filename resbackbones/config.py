@@ -76,6 +76,12 @@ def add_resbackbone_config(cfg: CN) -> CN:
     # torch.compile the bottom-up network for inference (first call compiles, each new input
     # size recompiles); falls back to eager with a warning where compilation fails.
     cfg.MODEL.RESBACKBONE.COMPILE = False
+    # Check COCO-format datasets (DATASETS.TRAIN and TEST) before step 0: "off", "header" (files
+    # exist, image headers match the JSON sizes: fast) or "full" (also decode every image).
+    cfg.DATASETS.VALIDATE = "header"
+    # With problems found: False stops before training with a report; True drops the bad
+    # images/annotations (a cleaned copy of the JSON goes to OUTPUT_DIR/cleaned_datasets).
+    cfg.DATASETS.SKIP_BAD_RECORDS = False
     return cfg
 
 

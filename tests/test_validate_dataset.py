@@ -109,3 +109,29 @@ def test_cli_exit_codes(tmp_path):
                              cwd=REPO_ROOT, capture_output=True, text=True)
     assert cleaned.returncode == 0 and (tmp_path / "c.json").exists()
     assert "images_dropped 5" in cleaned.stdout
+
+
+def test_training_start_validation_refuses_or_drops_bad_records(tmp_path):
+    from detectron2.data import DatasetCatalog
+    from detectron2.data.datasets import register_coco_instances
+
+    from resbackbones.data.validation import validate_registered_datasets
+
+    json_file = make_defective_dataset(tmp_path)
+    name = "defective_for_test"
+    register_coco_instances(name, {}, str(json_file), str(tmp_path / "images"))
+    try:
+        with pytest.raises(DatasetValidationError, match="missing_image"):
+            validate_registered_datasets([name], mode="header")
+        reports = validate_registered_datasets([name], mode="full", skip_bad=True,
+                                               cleaned_dir=str(tmp_path / "cleaned"))
+        assert reports[name].counts()["unreadable_image"] == 1
+        records = DatasetCatalog.get(name)
+        assert sorted(r["image_id"] for r in records) == [0, 1]
+        assert sum(len(r["annotations"]) for r in records) == 2
+        assert validate_registered_datasets([name], mode="full")[name].ok
+    finally:
+        DatasetCatalog.remove(name)
+        from detectron2.data import MetadataCatalog
+
+        MetadataCatalog.remove(name)

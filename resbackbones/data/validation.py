@@ -256,3 +256,64 @@ def filter_coco_json(json_file: str, report: ValidationReport, output_file: str)
     os.replace(tmp_file, output_file)
     logger.info("wrote %s: %s", output_file, summary)
     return summary
+
+
+VALIDATE_CHOICES = ("off", "header", "full")
+
+
+def validate_registered_datasets(names: Iterable[str], mode: str = "header",
+                                 skip_bad: bool = False,
+                                 cleaned_dir: Optional[str] = None) -> Dict[str, ValidationReport]:
+    """Validate the COCO-format datasets among ``names`` before training starts.
+
+    Datasets without a ``json_file`` in their metadata (not COCO-format) are left alone.
+
+    Args:
+        names: registered dataset names (``DATASETS.TRAIN + DATASETS.TEST``).
+        mode: "off", "header" (image headers: existence and size, fast) or "full" (decode).
+        skip_bad: drop bad records instead of raising: a cleaned copy of the JSON is written to
+            ``cleaned_dir`` and the dataset is re-registered on it.
+        cleaned_dir: where cleaned copies go (required with ``skip_bad``).
+
+    Returns:
+        name -> report, for the datasets that were checked.
+
+    Raises:
+        DatasetValidationError: a dataset has problems and ``skip_bad`` is False.
+    """
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets import register_coco_instances
+    from detectron2.utils import comm
+
+    if mode not in VALIDATE_CHOICES:
+        raise ValueError(f"DATASETS.VALIDATE {mode!r} is invalid; valid: "
+                         f"{', '.join(VALIDATE_CHOICES)}.")
+    reports: Dict[str, ValidationReport] = {}
+    if mode == "off":
+        return reports
+    for name in dict.fromkeys(names):
+        metadata = MetadataCatalog.get(name)
+        json_file = getattr(metadata, "json_file", None)
+        image_root = getattr(metadata, "image_root", None)
+        if not json_file or not image_root:
+            continue
+        report = validate_coco_json(json_file, image_root, decode_images=(mode == "full"),
+                                    progress=comm.is_main_process())
+        reports[name] = report
+        if report.ok:
+            logger.info("Dataset %s: %d images, %d annotations, no problems found.", name,
+                        report.num_images, report.num_annotations)
+            continue
+        if not skip_bad:
+            raise DatasetValidationError(report)
+        logger.warning("%s\nDATASETS.SKIP_BAD_RECORDS: dropping the bad records.", report.format())
+        os.makedirs(cleaned_dir, exist_ok=True)
+        cleaned = os.path.join(cleaned_dir, f"{name}.rank{comm.get_rank()}.json")
+        summary = filter_coco_json(json_file, report, cleaned)
+        logger.warning("Dataset %s now uses %s: %s", name, cleaned, summary)
+        kept = {key: value for key, value in metadata.as_dict().items()
+                if key not in ("json_file", "image_root", "name", "evaluator_type")}
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+        register_coco_instances(name, kept, cleaned, image_root)
+    return reports
