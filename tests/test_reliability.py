@@ -1,5 +1,6 @@
 """Faults provoked for real: kills during checkpoint writes, corrupted images during training."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -111,3 +112,74 @@ def test_other_mapper_errors_still_raise():
 
     with pytest.raises(KeyError):
         SkipCorruptedImages(buggy_mapper)({"file_name": "x.png"})
+
+
+QUICK_CONFIG = "configs/quick_schedules/mask_rcnn_R_18_FPN_synthetic_instant_test.yaml"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset_flags(tmp_path_factory):
+    from resbackbones.data import SyntheticSpec, generate_synthetic_coco, synthetic_paths
+
+    root = str(tmp_path_factory.mktemp("reliability_data"))
+    generate_synthetic_coco(root, SyntheticSpec(num_train=8, num_val=2, seed=3, height=96,
+                                                width=128))
+    flags = []
+    for split in ("train", "val"):
+        json_file, image_root = synthetic_paths(root, split)
+        flags += ["--dataset", f"tiny_{split}={json_file}:{image_root}"]
+    return flags
+
+
+TINY_RUN = ["INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "128",
+            "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128",
+            "DATASETS.TRAIN", "('tiny_train',)", "DATASETS.TEST", "()", "TEST.EVAL_PERIOD", "0",
+            "MODEL.MASK_ON", "False"]
+
+
+@pytest.mark.slow
+def test_training_killed_with_sigkill_resumes_to_the_end(tiny_dataset_flags, tmp_path):
+    import json
+
+    command = [sys.executable, "tools/train_net.py", "--config-file", QUICK_CONFIG,
+               *tiny_dataset_flags, *TINY_RUN, "SOLVER.MAX_ITER", "30", "SOLVER.STEPS", "(25,)",
+               "SOLVER.CHECKPOINT_PERIOD", "10", "OUTPUT_DIR", str(tmp_path)]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not (tmp_path / "model_0000019.pth").exists():
+        assert process.poll() is None, "training ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)  # a kill at an arbitrary moment after the 2nd checkpoint
+    process.wait()
+    assert not (tmp_path / "model_final.pth").exists()
+    last = (tmp_path / "last_checkpoint").read_text()
+    assert last in ("model_0000009.pth", "model_0000019.pth")
+    resumed = subprocess.run(command[:2] + ["--resume"] + command[2:], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    start = int(last[len("model_"):-len(".pth")]) + 1
+    assert f"Starting training from iteration {start}" in resumed.stderr + resumed.stdout
+    assert (tmp_path / "model_final.pth").exists()
+    records = [json.loads(line) for line in open(tmp_path / "metrics.json")]
+    losses = [r for r in records if "total_loss" in r]
+    assert losses[-1]["iteration"] == 29
+    assert all(np.isfinite(r["total_loss"]) for r in losses)
+
+
+@pytest.mark.slow
+def test_divergence_names_iteration_and_last_good_checkpoint(tiny_dataset_flags, tmp_path):
+    from resbackbones.engine.launch import build_argument_parser, main
+
+    args = build_argument_parser().parse_args(
+        ["--config-file", QUICK_CONFIG, *tiny_dataset_flags, *TINY_RUN,
+         "SOLVER.MAX_ITER", "40", "SOLVER.BASE_LR", "1000.0", "SOLVER.WARMUP_ITERS", "0",
+         "SOLVER.CHECKPOINT_PERIOD", "1", "OUTPUT_DIR", str(tmp_path)])
+    with pytest.raises(FloatingPointError) as error:
+        main(args)
+    message = str(error.value)
+    assert re.search(r"diverged at iteration \d+\. Last good checkpoint: .*model_\d+\.pth",
+                     message), message
+    assert "Lower SOLVER.BASE_LR" in message

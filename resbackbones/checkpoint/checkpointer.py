@@ -13,6 +13,8 @@ On top of ``DetectionCheckpointer`` it
   refused unless ``allow_partial_weights=True``) and logs the report;
 * reads ``.pkl`` with the restricted unpickler (numpy arrays and plain containers only) and
   ``.pth`` with ``torch.load(weights_only=True)``;
+* writes checkpoints and ``last_checkpoint`` atomically (a kill mid-write leaves the previous
+  checkpoint usable);
 * resolves ``detectron2://...`` names as Detectron2 does (``https://dl.fbaipublicfiles.com/
   detectron2/...``, cached by iopath) and, offline, says where to put the file.
 """
@@ -30,6 +32,7 @@ from detectron2.checkpoint.c2_model_loading import convert_c2_detectron_names
 from detectron2.utils.file_io import PathManager
 from torch import nn
 
+from resbackbones.checkpoint.atomic import AtomicSaveMixin
 from resbackbones.checkpoint.detectron2_names import (
     caffe2_to_timm_names,
     detectron2_to_resbackbones,
@@ -119,9 +122,9 @@ def _backbone_bodies(model: nn.Module) -> Dict[str, nn.Module]:
             if isinstance(module, TimmResNetBackbone)}
 
 
-class ResBackboneCheckpointer(DetectionCheckpointer):
+class ResBackboneCheckpointer(AtomicSaveMixin, DetectionCheckpointer):
     """``DetectionCheckpointer`` that converts Detectron2/Caffe2 ResNet names for resbackbones
-    models and reads files safely (see the module docstring)."""
+    models, reads files safely and writes checkpoints atomically (see the module docstring)."""
 
     def __init__(self, model: nn.Module, save_dir: str = "", *, save_to_disk=None,
                  allow_partial_weights: bool = False, **checkpointables: Any) -> None:

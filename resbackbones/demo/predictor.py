@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
+from resbackbones.checkpoint.checkpointer import ResBackboneCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
@@ -147,8 +147,9 @@ class Prediction:
     notes: Tuple[str, ...] = ()
 
 
-class _ReportingCheckpointer(DetectionCheckpointer):
-    """A ``DetectionCheckpointer`` that keeps the incompatible keys it would only log."""
+class _ReportingCheckpointer(ResBackboneCheckpointer):
+    """Keeps the incompatible keys Detectron2 would only log; reads weight files safely and
+    accepts Detectron2's own checkpoints and ``detectron2://`` names."""
 
     incompatible: Any = None
 
@@ -214,7 +215,7 @@ class DemoPredictor:
                 raise ValueError(f"MODEL.WEIGHTS file {weights!r} is only "
                                  f"{os.path.getsize(weights)} bytes: not a checkpoint (an "
                                  "interrupted download or an LFS pointer?).")
-        checkpointer = _ReportingCheckpointer(self.model)
+        checkpointer = _ReportingCheckpointer(self.model, allow_partial_weights=allow_partial)
         extra = checkpointer.load(weights) or {}
         incompatible = checkpointer.incompatible
         problems = []

@@ -1,0 +1,33 @@
+"""Mask R-CNN + FPN, ResNet-50 (timm) trained from scratch with large-scale jitter, 100 epochs.
+
+Detectron2's new-baselines recipe (``new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py``: SyncBN
+everywhere, 1024x1024 LSJ crops, batch 64, LR 0.1, AMP) with the bottom-up network replaced by a
+resbackbones catalog entry. Load and train it with Detectron2's ``tools/lazyconfig_train_net.py``
+after ``import resbackbones``.
+"""
+from detectron2.config import LazyCall as L
+from detectron2.model_zoo import get_config
+
+from resbackbones.catalog import get_entry, input_normalization
+from resbackbones.modeling import TimmResNetBackbone
+
+ARCH = "resnet50"  # any resbackbones catalog name
+
+_base = get_config("new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py")
+dataloader = _base.dataloader
+lr_multiplier = _base.lr_multiplier
+model = _base.model
+optimizer = _base.optimizer
+train = _base.train
+
+# The same stages (res2..res5) as Detectron2's ResNet, so the FPN above is unchanged.
+model.backbone.bottom_up = L(TimmResNetBackbone)(
+    entry=L(get_entry)(name=ARCH),
+    out_features=["res2", "res3", "res4", "res5"],
+    norm="SyncBN",  # from scratch: statistics are learnt, synchronised across GPUs
+)
+
+# timm's convention: RGB input with ImageNet statistics on the 0-255 scale.
+_format, model.pixel_mean, model.pixel_std = input_normalization(ARCH)
+dataloader.train.mapper.image_format = _format
+dataloader.test.mapper.image_format = _format

@@ -1,0 +1,156 @@
+"""The project's trainer: Detectron2's ``DefaultTrainer`` with COCO evaluation that works without
+Detectron2's C++ extension, CPU mixed precision, and end-of-run plots and drawings.
+
+Why a subclass and not a copy of ``tools/train_net.py``: everything (hooks, checkpointing, ETA
+logging through ``CommonMetricPrinter``, TensorBoard, ``metrics.json``) stays Detectron2's; only
+the evaluator and two end-of-run artefacts are added.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import weakref
+from typing import Dict
+
+import torch
+from detectron2.config import CfgNode
+from detectron2.data import DatasetMapper, build_detection_train_loader
+from detectron2.engine import DefaultTrainer, HookBase, SimpleTrainer
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.utils import comm
+
+from resbackbones.checkpoint.checkpointer import ResBackboneCheckpointer
+from resbackbones.data.robust_mapper import SkipCorruptedImages
+
+from .evaluation import build_coco_evaluator
+from .plots import plot_metrics
+from .visualize import draw_predictions
+
+__all__ = ["CPUAutocastTrainer", "Trainer", "write_run_report"]
+
+logger = logging.getLogger(__name__)
+
+EVAL_RESULTS_FILE = "eval_results.json"
+
+
+class CPUAutocastTrainer(SimpleTrainer):
+    """``SimpleTrainer`` whose forward pass runs under bfloat16 autocast on the CPU.
+
+    Detectron2's ``AMPTrainer`` asserts CUDA; bfloat16 needs no gradient scaling, so the backward
+    pass and the optimizer step are the plain ones.
+    """
+
+    def run_step(self) -> None:
+        assert self.model.training, "[CPUAutocastTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss_dict = self.model(data)
+        if isinstance(loss_dict, torch.Tensor):
+            loss_dict = {"total_loss": loss_dict}
+        loss_dict = {k: v.float() for k, v in loss_dict.items()}
+        losses = sum(loss_dict.values())
+        self.optimizer.zero_grad()
+        losses.backward()
+        self._write_metrics(loss_dict, data_time)
+        self.optimizer.step()
+
+
+def write_run_report(cfg: CfgNode, model: torch.nn.Module, results: Dict) -> None:
+    """Write ``eval_results.json``, ``metrics.png`` and ``visualizations/`` into cfg.OUTPUT_DIR.
+
+    Only the main process writes; the others return at once.
+    """
+    if not comm.is_main_process():
+        return
+    output_dir = cfg.OUTPUT_DIR
+    if results:
+        with open(os.path.join(output_dir, EVAL_RESULTS_FILE), "w") as f:
+            json.dump(results, f, indent=2, sort_keys=True)
+    if os.path.isfile(os.path.join(output_dir, "metrics.json")):
+        logger.info(f"Loss and AP curves: {plot_metrics(output_dir)}")
+    if len(cfg.DATASETS.TEST):
+        directory = os.path.join(output_dir, "visualizations")
+        paths = draw_predictions(cfg, model, cfg.DATASETS.TEST[0], directory)
+        logger.info(f"Predictions drawn on {len(paths)} images of {cfg.DATASETS.TEST[0]}: "
+                    f"{directory}")
+
+
+class _RunReportHook(HookBase):
+    """Runs :func:`write_run_report` once training ends (after the final evaluation)."""
+
+    def after_train(self) -> None:
+        trainer = self.trainer
+        # Only a completed run: an exception also triggers after_train.
+        if trainer.iter + 1 >= trainer.max_iter:
+            write_run_report(trainer.cfg, trainer.model,
+                             getattr(trainer, "_last_eval_results", None) or {})
+
+
+class Trainer(DefaultTrainer):
+    """``DefaultTrainer`` + COCO box/mask evaluation, CPU bf16 autocast and a run report.
+
+    ``SOLVER.AMP.ENABLED`` uses Detectron2's ``AMPTrainer`` (fp16 + GradScaler) on CUDA and
+    :class:`CPUAutocastTrainer` (bf16) on the CPU.
+    """
+
+    def __init__(self, cfg: CfgNode):
+        cpu_autocast = cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda")
+        if cpu_autocast:
+            # Let DefaultTrainer build the plain SimpleTrainer: AMPTrainer refuses the CPU.
+            cfg = cfg.clone()
+            cfg.defrost()
+            cfg.SOLVER.AMP.ENABLED = False
+            cfg.freeze()
+        super().__init__(cfg)
+        if cpu_autocast:
+            logging.getLogger("detectron2").info(
+                "SOLVER.AMP.ENABLED on the CPU: training with bfloat16 autocast.")
+            plain = self._trainer
+            self._trainer = CPUAutocastTrainer(plain.model, plain.data_loader, plain.optimizer)
+
+    @classmethod
+    def build_evaluator(cls, cfg: CfgNode, dataset_name: str) -> DatasetEvaluator:
+        """COCO AP for every task the model predicts (boxes, and masks when MASK_ON).
+
+        faster-coco-eval when installed (same AP, several times faster), else pycocotools;
+        never Detectron2's fast path, which needs its C++ extension.
+        """
+        return build_coco_evaluator(dataset_name, os.path.join(cfg.OUTPUT_DIR, "inference"))
+
+    def train(self) -> Dict:
+        """Train to cfg.SOLVER.MAX_ITER; returns the final evaluation results ({} if none).
+
+        (Detectron2 v0.6 returns them only when TEST.EXPECTED_RESULTS is set.)
+        """
+        try:
+            super().train()
+        except FloatingPointError as error:
+            last = self.checkpointer.get_checkpoint_file() if self.checkpointer.has_checkpoint() \
+                else None
+            raise FloatingPointError(
+                f"{error}\nTraining diverged at iteration {self.iter}. Last good checkpoint: "
+                f"{last or 'none written yet'}. Lower SOLVER.BASE_LR (scale it with "
+                f"SOLVER.IMS_PER_BATCH) or add warm-up, then start again"
+                + (" with --resume." if last else ".")) from error
+        return getattr(self, "_last_eval_results", None) or {}
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode):
+        """Detectron2's loader, except that an image which fails to read is skipped (logged and
+        counted) instead of ending the run."""
+        return build_detection_train_loader(
+            cfg, mapper=SkipCorruptedImages(DatasetMapper(cfg, is_train=True)))
+
+    def build_hooks(self):
+        # DefaultTrainer made a plain DetectionCheckpointer just before calling this; checkpoints
+        # are written atomically and Detectron2's own weights load into our backbones.
+        self.checkpointer = ResBackboneCheckpointer(
+            self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self),
+            allow_partial_weights=self.cfg.MODEL.RESBACKBONE.ALLOW_PARTIAL_WEIGHTS)
+        hooks = super().build_hooks()
+        hooks.append(_RunReportHook())  # after PeriodicWriter: metrics.json is complete
+        return hooks
