@@ -45,7 +45,7 @@ test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) tools/gradio_demo.py --config-file $(OUTPUT)/config.yaml \
+	$(PY) tools/gradio_demo.py --config-file $(OUTPUT)/config.yaml --confidence-threshold 0.25 \
 		--opts MODEL.WEIGHTS $(OUTPUT)/model_final.pth
 
 benchmark: setup

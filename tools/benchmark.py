@@ -44,6 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default=defaults.device)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--output", default="BENCHMARKS.md")
+    parser.add_argument("--section", default=None,
+                        help="section of the output to replace (default: cpu or cuda)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
     return parser.parse_args(argv)
 
@@ -69,7 +71,7 @@ def main(argv=None) -> int:
         plot_scaling(scaling, os.path.join(os.path.dirname(os.path.abspath(args.output)),
                                            plot_name))
     body = section_body(result, scaling, plot_name)
-    write_section(args.output, device_kind, body)
+    write_section(args.output, args.section or device_kind, body)
     print(body)
     print(f"\nwrote {args.output}")
     return 0
