@@ -5,8 +5,9 @@ Detectron2 is not on PyPI. This script:
 
 1. keeps a Detectron2 that already imports (for example one built from source with CUDA ops),
    and reports its version and location;
-2. otherwise downloads the sdist that PyPI carries as ``pb1-detectron2==0.6`` (upstream v0.6's
-   Python code without its C++ sources), verifies its sha256, applies the source rewrites listed in
+2. otherwise downloads, from the index pip is configured with, the sdist that PyPI carries as
+   ``pb1-detectron2==0.6`` (upstream v0.6's Python code without its C++ sources), verifies its
+   sha256, applies the source rewrites listed in
    :data:`SOURCE_REWRITES` (backports of what upstream fixed after v0.6, each checked to match
    exactly where expected), builds a pure-Python wheel named ``detectron2`` with version
    ``0.6+resbackbones.N`` and installs it with pip.
@@ -18,12 +19,17 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import html
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -293,18 +299,50 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _index_url(python: str) -> str:
+    """The package index pip is configured to use (PIP_INDEX_URL, pip config, or PyPI)."""
+    if os.environ.get("PIP_INDEX_URL"):
+        return os.environ["PIP_INDEX_URL"]
+    result = subprocess.run([python, "-m", "pip", "config", "get", "global.index-url"],
+                            capture_output=True, text=True)
+    configured = result.stdout.strip() if result.returncode == 0 else ""
+    return configured if configured.startswith("http") else "https://pypi.org/simple"
+
+
+def _sdist_url(index_url: str) -> str:
+    """Find the sdist's download URL in the index's project page (PEP 691 JSON, or HTML)."""
+    page = f"{index_url.rstrip('/')}/{SDIST_REQUIREMENT.split('==')[0]}/"
+    request = urllib.request.Request(page, headers={
+        "Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        body = response.read().decode()
+        is_json = "json" in response.headers.get("Content-Type", "")
+    if is_json:
+        urls = [f["url"] for f in json.loads(body)["files"] if f["filename"] == SDIST_FILENAME]
+    else:
+        urls = [html.unescape(u) for u in re.findall(r'href="([^"]+)"', body)
+                if SDIST_FILENAME in u]
+    if not urls:
+        raise RuntimeError(f"{SDIST_FILENAME} is not listed on {page}.")
+    return urllib.parse.urljoin(page, urls[0].split("#")[0])
+
+
 def download_sdist(python: str, cache_dir: Path) -> Path:
-    """Download the sdist with pip (once) and verify its checksum."""
+    """Download the sdist (once) from the configured index and verify its checksum.
+
+    Not through ``pip download``: pip prepares the sdist's metadata to do so, and current pip
+    refuses this one ("cannot declare direct URL dependencies": its ``all`` extra names a
+    GitHub URL), besides needing torch to run its setup.py.
+    """
     sdist = cache_dir / SDIST_FILENAME
     if not sdist.exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
-        log(f"downloading {SDIST_REQUIREMENT} from PyPI into {cache_dir}")
-        # Its setup.py imports torch while pip prepares metadata, hence --no-build-isolation.
-        subprocess.run(
-            [python, "-m", "pip", "download", "--no-deps", "--no-build-isolation", "--quiet",
-             "-d", str(cache_dir), SDIST_REQUIREMENT],
-            check=True,
-        )
+        url = _sdist_url(_index_url(python))
+        log(f"downloading {url}")
+        partial = sdist.with_suffix(".part")
+        with urllib.request.urlopen(url, timeout=300) as response, open(partial, "wb") as file:
+            shutil.copyfileobj(response, file)
+        partial.replace(sdist)
     actual = sha256_of(sdist)
     if actual != SDIST_SHA256:
         bad = sdist.with_suffix(".bad")
