@@ -16,7 +16,7 @@ __all__ = ["draw_predictions"]
 
 @torch.no_grad()
 def draw_predictions(cfg: CfgNode, model: torch.nn.Module, dataset_name: str, output_dir: str,
-                     num_images: int = 4, score_threshold: float = 0.5) -> List[str]:
+                     num_images: int = 4, score_threshold: float = 0.25) -> List[str]:
     """Run ``model`` on the first ``num_images`` images of ``dataset_name`` and save drawings.
 
     Args:
