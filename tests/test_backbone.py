@@ -13,6 +13,7 @@ import resbackbones
 from resbackbones.catalog import catalog_names, get_entry
 from resbackbones.modeling.norms import NaiveSyncBatchNormAct2d
 from resbackbones.modeling.timm_backbone import TimmResNetBackbone
+from helpers import randomize_norm_statistics
 
 ONE_PER_FAMILY = ["resnet18", "resnet50d", "resnext50_32x4d", "wide_resnet50_2", "seresnet50",
                   "seresnext50_32x4d", "resnetv2_50", "resnetrs50"]
@@ -26,19 +27,6 @@ def make_cfg(arch="resnet18", name="build_resbackbone_fpn_backbone", norm="BN", 
     cfg.MODEL.RESBACKBONE.ARCH = arch
     cfg.MODEL.RESBACKBONE.NORM = norm
     return cfg
-
-
-def randomize_norm_statistics(model: nn.Module, seed: int = 0) -> None:
-    """Non-trivial BN statistics and affine values, so that norm handling is really tested."""
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            n = module.num_features
-            module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
-            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-            with torch.no_grad():
-                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
-                module.bias.copy_(torch.randn(n, generator=generator) * 0.1)
 
 
 @pytest.mark.parametrize("arch", catalog_names())

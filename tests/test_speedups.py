@@ -20,20 +20,10 @@ from detectron2.modeling import build_backbone, build_model
 from resbackbones.catalog import get_entry
 from resbackbones.config import add_resbackbone_config
 from resbackbones.modeling.inference import fold_batchnorm
+from helpers import randomize_norm_statistics
 
 ONE_PER_FAMILY = ["resnet18", "resnet50d", "resnext50_32x4d", "seresnet50", "resnetrs50",
                   "resnetv2_50"]
-
-
-def _randomise_batchnorm(model: torch.nn.Module) -> None:
-    generator = torch.Generator().manual_seed(0)
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            size = module.num_features
-            module.running_mean.copy_(torch.rand(size, generator=generator) - 0.5)
-            module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
-            module.weight.data.copy_(torch.rand(size, generator=generator) + 0.5)
-            module.bias.data.copy_(torch.rand(size, generator=generator) - 0.5)
 
 
 def _relative_error(reference: torch.Tensor, other: torch.Tensor) -> float:
@@ -44,7 +34,7 @@ def _relative_error(reference: torch.Tensor, other: torch.Tensor) -> float:
 def test_batchnorm_folding_is_exact_in_float64(name):
     model = timm.create_model(get_entry(name).timm_name, pretrained=False, features_only=True,
                               out_indices=(1, 2, 3, 4)).double().eval()
-    _randomise_batchnorm(model)
+    randomize_norm_statistics(model)
     folded = copy.deepcopy(model)
     count = fold_batchnorm(folded)
     batchnorms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
@@ -75,7 +65,7 @@ def _cfg(arch="resnet18", **speedups):
 
 def _plain_and_fast(arch="resnet18", **speedups):
     plain = build_backbone(_cfg(arch)).eval()
-    _randomise_batchnorm(plain)
+    randomize_norm_statistics(plain)
     fast = build_backbone(_cfg(arch, **speedups)).eval()
     fast.load_state_dict(plain.state_dict())
     return plain, fast
@@ -101,7 +91,7 @@ def test_folded_copy_is_not_part_of_the_model_and_follows_weight_changes():
     assert fast.state_dict().keys() == plain.state_dict().keys()
     assert len(list(fast.parameters())) == len(list(plain.parameters()))
     # A checkpoint load changes the weights: the folded copy must be rebuilt from them.
-    _randomise_batchnorm(plain)
+    randomize_norm_statistics(plain)
     with torch.no_grad():
         plain.bottom_up.body.conv1.weight.mul_(1.5)
     fast.load_state_dict(plain.state_dict())

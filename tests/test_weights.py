@@ -24,22 +24,10 @@ from resbackbones.checkpoint import (
 )
 from resbackbones.config import check_input_normalization
 from resbackbones.modeling.timm_backbone import TimmResNetBackbone
+from helpers import randomize_norm_statistics
 
 IMAGE = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 STAGES = ["res2", "res3", "res4", "res5"]
-
-
-def randomize_norm_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            n = module.num_features
-            module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
-            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-            with torch.no_grad():
-                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
-                module.bias.copy_(torch.randn(n, generator=generator) * 0.1)
-    return model.eval()
 
 
 def save_state(state, path):
@@ -90,7 +78,7 @@ def assert_features_equal(got, expected, tolerance=1e-5):
 @pytest.fixture(scope="module")
 def timm_resnet50():
     torch.manual_seed(0)
-    return randomize_norm_statistics(timm.create_model("resnet50", pretrained=False))
+    return randomize_norm_statistics(timm.create_model("resnet50", pretrained=False)).eval()
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +102,7 @@ def test_timm_checkpoint_round_trip(tmp_path, timm_resnet50, extension):
 @pytest.mark.parametrize("arch", ["resnet50", "resnext50_32x4d", "wide_resnet50_2"])
 def test_torchvision_checkpoint_round_trip(tmp_path, arch):
     torch.manual_seed(0)
-    source = randomize_norm_statistics(getattr(torchvision.models, arch)(weights=None))
+    source = randomize_norm_statistics(getattr(torchvision.models, arch)(weights=None)).eval()
     path = save_state(source.state_dict(), tmp_path / f"{arch}.pth")
     backbone = TimmResNetBackbone(get_entry(arch), norm="BN").eval()
     report = load_backbone_weights(backbone, path)
@@ -185,7 +173,7 @@ def test_frozen_bn_with_local_weights_matches_timm(tmp_path, timm_resnet50):
 def test_convert_tool_output_loads_with_model_weights(tmp_path):
     convert_main = _load_tool("convert_weights").main
     torch.manual_seed(0)
-    source = randomize_norm_statistics(torchvision.models.resnet18(weights=None))
+    source = randomize_norm_statistics(torchvision.models.resnet18(weights=None)).eval()
     path = save_state(source.state_dict(), tmp_path / "tv_resnet18.pth")
     output = tmp_path / "d2" / "resnet18_d2.pth"
     assert convert_main(["--arch", "resnet18", "--input", path, "--output", str(output)]) == 0
