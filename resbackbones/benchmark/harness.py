@@ -119,14 +119,38 @@ def measure_interleaved(
     return results
 
 
+_nnpack_formula_registered = False
+
+
+def _register_nnpack_flop_formula() -> None:
+    """Count NNPACK (Winograd) convolutions at the FLOPs of the direct convolution.
+
+    FlopCounterMode has no formula for ``aten._nnpack_spatial_convolution`` and would count it
+    as zero; the nominal count keeps GFLOPs and TFLOP/s comparable between contenders.
+    """
+    global _nnpack_formula_registered
+    if _nnpack_formula_registered or not hasattr(torch.ops.aten, "_nnpack_spatial_convolution"):
+        return
+    from torch.utils.flop_counter import conv_flop_count, register_flop_formula
+
+    @register_flop_formula(torch.ops.aten._nnpack_spatial_convolution)
+    def _nnpack_flops(x_shape, w_shape, bias_shape, padding, stride=None, *, out_shape=None,
+                      **kwargs) -> int:
+        return conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
+
+    _nnpack_formula_registered = True
+
+
 def count_flops(run_once: Callable[[], None]) -> int:
     """FLOPs of one call, counted by PyTorch's ``FlopCounterMode`` (2 per multiply-add).
 
     Counting happens in eager mode on the real inputs, so data-dependent parts (the number of
     proposals and detections) are counted as they run; torchvision models need no tracing.
+    Winograd convolutions count as the direct convolution they replace.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
+    _register_nnpack_flop_formula()
     counter = FlopCounterMode(display=False)
     with counter:
         run_once()

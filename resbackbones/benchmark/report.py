@@ -42,7 +42,9 @@ def comparison_markdown(result: ComparisonResult) -> str:
                f"{reference_inference / timing.median:.2f}x", _gib(timing.peak_memory_bytes),
                f"{result.parameters[name] / 1e6:.1f}", f"{result.flops[name] / 1e9:.0f}",
                f"{tflops:.3f}", result.detections[name]]
-        if result.training:
+        if result.training and name not in result.training:
+            row += ["(as resbackbones)", "", ""]
+        elif result.training:
             train = result.training[name]
             reference_train = result.training[REFERENCE].median
             row += [f"{settings.train_batch / train.median:.3f}",

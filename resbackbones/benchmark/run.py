@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = "configs/COCO-InstanceSegmentation/mask_rcnn_resnet50_FPN_1x.yaml"
 REFERENCE = "detectron2 built-in"
+# Our backbone under Detectron2's own GeneralizedRCNN: separates what the backbone gains from
+# what ResBackboneRCNN's head speed-ups add. Training is the same code, so it is not re-timed.
+STOCK_HEADS = "resbackbones, stock GeneralizedRCNN"
 
 # Detectron2's built-in ResNet settings (MODEL.RESNETS.*) of the same network as a catalog entry:
 # depth, groups, width per group, res2 channels. Stride in the 3x3 conv, as timm/torchvision.
@@ -118,6 +121,15 @@ def resbackbones_config(settings: BenchmarkSettings, weights_file: str):
     return cfg
 
 
+def stock_heads_config(ours):
+    """``ours`` under Detectron2's own GeneralizedRCNN instead of ResBackboneRCNN."""
+    cfg = ours.clone()
+    cfg.defrost()
+    if cfg.MODEL.META_ARCHITECTURE == "ResBackboneRCNN":
+        cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+    return cfg
+
+
 def builtin_twin_config(ours):
     """Detectron2's built-in R-CNN FPN config with the same network, heads and thresholds."""
     arch = ours.MODEL.RESBACKBONE.ARCH
@@ -125,8 +137,7 @@ def builtin_twin_config(ours):
         raise ValueError(f"Detectron2's built-in ResNet has no twin of '{arch}'; choose one of "
                          f"{sorted(BUILTIN_TWINS)} for a comparison.")
     depth, groups, width_per_group, res2_channels = BUILTIN_TWINS[arch]
-    cfg = ours.clone()
-    cfg.defrost()
+    cfg = stock_heads_config(ours)
     cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
     cfg.MODEL.RESNETS.DEPTH = depth
     cfg.MODEL.RESNETS.NUM_GROUPS = groups
@@ -162,6 +173,12 @@ def build_contenders(settings: BenchmarkSettings, weights_dir: str) -> List[Cont
             "detectron2.modeling.build_resnet_fpn_backbone, same depth/width (stride in 3x3), "
             "same weights as resbackbones", state_dict=twin_state),
     ]
+    if ours.MODEL.META_ARCHITECTURE == "ResBackboneRCNN":
+        contenders.append(detectron2_contender(
+            STOCK_HEADS, stock_heads_config(ours), image, settings.train_batch,
+            "the same backbone and weights as resbackbones under Detectron2's GeneralizedRCNN "
+            "(without ResBackboneRCNN's head speed-ups)",
+            state_dict=ours_contender.model.state_dict()))
     if settings.include_torchvision and arch == "resnet50":
         contenders.append(torchvision_contender(image, torch.device(settings.device),
                                                 settings.train_batch, ours.MODEL.MASK_ON))
@@ -181,7 +198,7 @@ def run_comparison(settings: BenchmarkSettings) -> ComparisonResult:
     outputs = {c.name: c.infer() for c in contenders}
     detections = {name: detection_counts(out)["detections"] for name, out in outputs.items()}
     agreement = {name: detection_agreement(out, outputs[REFERENCE])
-                 for name, out in outputs.items() if name == "resbackbones"}
+                 for name, out in outputs.items() if name in ("resbackbones", STOCK_HEADS)}
     flops = {c.name: count_flops(c.infer) for c in contenders}
     total = len(contenders) * (settings.warmup + settings.repeats)
     with tqdm(total=total, desc="inference", leave=False) as bar:
@@ -190,9 +207,11 @@ def run_comparison(settings: BenchmarkSettings) -> ComparisonResult:
                                         progress=lambda _: bar.update())
     training: Dict[str, Timing] = {}
     if settings.include_training:
-        total = len(contenders) * (settings.warmup + settings.train_repeats)
+        total = (len(contenders) - (STOCK_HEADS in names)) * (
+            settings.warmup + settings.train_repeats)
         with tqdm(total=total, desc="training", leave=False) as bar:
-            training = measure_interleaved({c.name: c.train_step for c in contenders}, device,
+            training = measure_interleaved({c.name: c.train_step for c in contenders
+                                            if c.name != STOCK_HEADS}, device,
                                            settings.warmup, settings.train_repeats,
                                            progress=lambda _: bar.update())
     return ComparisonResult(

@@ -126,6 +126,7 @@ def build_resbackbone_fpn_backbone(cfg: CfgNode, input_shape: Optional[ShapeSpec
         top_block=LastLevelMaxPool(),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
         inference_amp=cfg.MODEL.RESBACKBONE.INFERENCE_AMP,
+        winograd=cfg.MODEL.RESBACKBONE.WINOGRAD,
     )
 
 
@@ -154,4 +155,5 @@ def build_resbackbone_retinanet_fpn_backbone(
         top_block=LastLevelP6P7(bottom_up.output_shape()["res5"].channels, out_channels, "res5"),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
         inference_amp=cfg.MODEL.RESBACKBONE.INFERENCE_AMP,
+        winograd=cfg.MODEL.RESBACKBONE.WINOGRAD,
     )

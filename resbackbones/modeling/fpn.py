@@ -11,6 +11,8 @@ from typing import Dict, Optional
 import torch
 from detectron2.modeling import FPN
 
+from resbackbones.modeling.winograd import use_winograd_convolutions
+
 __all__ = ["ResBackboneFPN", "INFERENCE_AMP_CHOICES", "inference_autocast_dtype"]
 
 # Values of MODEL.RESBACKBONE.INFERENCE_AMP.
@@ -41,14 +43,32 @@ def inference_autocast_dtype(setting: str, device: torch.device) -> Optional[tor
 
 
 class ResBackboneFPN(FPN):
-    """Detectron2's :class:`FPN`, plus inference autocast and NCHW float32 outputs."""
+    """Detectron2's :class:`FPN`, plus inference autocast; ``forward`` returns NCHW float32."""
 
-    def __init__(self, *args, inference_amp: str = "off", **kwargs):
+    def __init__(self, *args, inference_amp: str = "off", winograd: bool = False, **kwargs):
+        """
+        Args:
+            inference_amp: one of ``INFERENCE_AMP_CHOICES``, for inference only.
+            winograd: compute the 3x3 output convs with NNPACK's Winograd kernels at CPU
+                inference (``resbackbones.modeling.winograd``).
+            args, kwargs: those of Detectron2's :class:`FPN`.
+        """
         super().__init__(*args, **kwargs)
         inference_autocast_dtype(inference_amp, torch.device("cpu"))  # validates the value
         self.inference_amp = inference_amp
+        if winograd:
+            for output_conv in self.output_convs:
+                use_winograd_convolutions(output_conv)
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return {name: feature.contiguous() for name, feature in self.forward_any_layout(x).items()}
+
+    def forward_any_layout(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Float32 features in the memory format they were computed in (channels-last or not).
+
+        For callers that convert to NCHW themselves, only where it pays: ``ResBackboneRCNN``
+        runs the RPN on channels-last features and hands NCHW copies to the ROI heads.
+        """
         dtype = None
         if not self.training and not torch.is_grad_enabled():
             dtype = inference_autocast_dtype(self.inference_amp, x.device)
@@ -57,4 +77,4 @@ class ResBackboneFPN(FPN):
         else:
             with torch.autocast(x.device.type, dtype=dtype):
                 outputs = super().forward(x)
-        return {name: feature.float().contiguous() for name, feature in outputs.items()}
+        return {name: feature.float() for name, feature in outputs.items()}
