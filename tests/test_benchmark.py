@@ -74,6 +74,24 @@ def test_benchmark_tool_runs_and_writes_table(tmp_path):
     assert "| resbackbones" in text and "| detectron2 built-in" in text
     assert "vs built-in" in text and "### Scaling" in text
     assert (tmp_path / "benchmark_scaling_cpu.png").stat().st_size > 1000
-    row = next(line for line in text.splitlines() if line.startswith("| resbackbones"))
+    row = next(line for line in text.splitlines() if line.startswith("| resbackbones "))
     detections = int(row.split("|")[9])
     assert 0 < detections <= 10
+    stock_heads = next(line for line in text.splitlines()
+                       if line.startswith("| resbackbones, stock GeneralizedRCNN"))
+    assert "(as resbackbones)" in stock_heads  # training is the same code: not re-timed
+    assert "resbackbones, stock GeneralizedRCNN (IoU > 0.99)" in text
+
+
+@pytest.mark.skipif(not torch._nnpack_available(), reason="this PyTorch build has no NNPACK")
+def test_winograd_convolutions_count_as_the_direct_convolution():
+    from resbackbones.benchmark.harness import count_flops
+    from resbackbones.modeling.winograd import use_winograd_convolutions
+
+    conv = torch.nn.Conv2d(16, 8, 3, padding=1)
+    images = torch.randn(1, 16, 64, 64)
+    with torch.no_grad():
+        direct = count_flops(lambda: conv(images))
+        assert use_winograd_convolutions(conv) == 1
+        winograd = count_flops(lambda: conv(images))
+    assert direct == winograd == 2 * 16 * 8 * 9 * 64 * 64

@@ -4,10 +4,14 @@ Tolerances (relative to the largest magnitude of each output):
 - BN folding alone, float64: 1e-9 (exact up to rounding);
 - folding + channels-last, float32, backbone + FPN: 1e-4;
 - bf16 autocast of backbone + FPN: 5e-2 (bf16 keeps 8 bits of mantissa);
-- whole Mask R-CNN with the default speed-ups (random weights): at least 80% of detections
-  match one-to-one (IoU > 0.99; FrozenBN statistics calibrated on the input so that proposal
-  scores are not near-tied noise), and those have boxes
-  within 0.05 px, scores within 1e-4, the same classes and masks differing in < 0.1% of pixels.
+- Winograd (NNPACK) 3x3 convs, float32: 1e-4 per layer and for the FPN outputs;
+- ParallelROIAlign: bit-identical to ROIAlign;
+- ResBackboneRCNN vs GeneralizedRCNN, same weights: identical training losses; at inference
+  1e-4 for RPN logits and mask probabilities of given boxes;
+- whole Mask R-CNN with the default speed-ups (ResBackboneRCNN, random weights): at least 80% of
+  detections match one-to-one (IoU > 0.99; FrozenBN statistics calibrated on the input so that
+  proposal scores are not near-tied noise), and those have boxes within 0.05 px, scores within
+  1e-4, the same classes and masks differing in < 0.1% of pixels.
 """
 import copy
 
@@ -58,6 +62,7 @@ def _cfg(arch="resnet18", **speedups):
     cfg.MODEL.RESBACKBONE.NORM = speedups.pop("norm", "BN")
     cfg.MODEL.RESBACKBONE.CHANNELS_LAST = "off"
     cfg.MODEL.RESBACKBONE.FOLD_BN_FOR_INFERENCE = False
+    cfg.MODEL.RESBACKBONE.WINOGRAD = False
     for key, value in speedups.items():
         cfg.MODEL.RESBACKBONE[key.upper()] = value
     return cfg
@@ -145,9 +150,11 @@ def test_whole_detector_with_default_speedups_gives_the_same_detections():
     def detector(**speedups):
         from detectron2 import model_zoo
 
+        meta_architecture = speedups.pop("meta_architecture", "GeneralizedRCNN")
         cfg = _cfg(norm="FrozenBN", **speedups)
         cfg.MODEL.WEIGHTS = "loaded-below.pth"  # FrozenBN needs weights: the state_dict below
         cfg.merge_from_file(model_zoo.get_config_file("Base-RCNN-FPN.yaml"))
+        cfg.MODEL.META_ARCHITECTURE = meta_architecture
         cfg.MODEL.BACKBONE.NAME = "build_resbackbone_fpn_backbone"
         cfg.MODEL.MASK_ON = True
         cfg.MODEL.DEVICE = "cpu"
@@ -159,10 +166,14 @@ def test_whole_detector_with_default_speedups_gives_the_same_detections():
     plain = detector()
     bias_towards_one_class(plain.roi_heads.box_predictor.cls_score, 0)
     defaults = add_resbackbone_config(get_cfg()).MODEL.RESBACKBONE
-    fast = detector(channels_last=defaults.CHANNELS_LAST,
-                    fold_bn_for_inference=defaults.FOLD_BN_FOR_INFERENCE)
+    fast = detector(channels_last=defaults.CHANNELS_LAST, winograd=defaults.WINOGRAD,
+                    parallel_roi_align=defaults.PARALLEL_ROI_ALIGN,
+                    fold_bn_for_inference=defaults.FOLD_BN_FOR_INFERENCE,
+                    meta_architecture="ResBackboneRCNN")
+    assert type(fast).__name__ == "ResBackboneRCNN" and type(plain).__name__ == "GeneralizedRCNN"
     fast.load_state_dict(plain.state_dict())
-    image = torch.randint(0, 255, (3, 128, 160), dtype=torch.uint8,
+    # Large enough for Winograd on P2/P3, the RPN and the mask head (>= 32x32 output pixels).
+    image = torch.randint(0, 255, (3, 256, 320), dtype=torch.uint8,
                           generator=torch.Generator().manual_seed(0))
     # Frozen BN statistics of the real activations: a trained network's scale, not the chaos of
     # random statistics in which any rounding difference reorders the proposals.
@@ -190,3 +201,182 @@ def test_compiled_backbone_matches_or_falls_back():
         reference, output = plain(images), fast(images)
     for name in reference:
         assert _relative_error(reference[name], output[name]) < 1e-4
+
+
+# --- Winograd convolutions, parallel ROIAlign and ResBackboneRCNN ---------------------------
+
+needs_nnpack = pytest.mark.skipif(not torch._nnpack_available(),
+                                  reason="this PyTorch build has no NNPACK")
+
+
+def _count_nnpack_calls(monkeypatch):
+    from resbackbones.modeling import winograd
+
+    calls = []
+    original = winograd._nnpack_conv
+
+    def counting(*args):
+        calls.append(args[1].shape)
+        return original(*args)
+
+    monkeypatch.setattr(winograd, "_nnpack_conv", counting)
+    return calls
+
+
+@needs_nnpack
+def test_winograd_conv_layers_match_the_direct_convolution(monkeypatch):
+    from detectron2.layers import Conv2d as Detectron2Conv2d
+
+    from resbackbones.modeling.winograd import use_winograd_convolutions
+
+    torch.manual_seed(0)
+    layers = torch.nn.Sequential(
+        torch.nn.Conv2d(16, 32, 3, padding=1),
+        Detectron2Conv2d(32, 32, 3, padding=1, bias=False, norm=torch.nn.BatchNorm2d(32),
+                         activation=torch.nn.functional.relu),
+        torch.nn.Conv2d(32, 32, 3, stride=2, padding=1),  # strided: not eligible
+        torch.nn.Conv2d(32, 8, 1),  # 1x1: not eligible
+    ).eval()
+    randomize_norm_statistics(layers)
+    direct = copy.deepcopy(layers)
+    assert use_winograd_convolutions(layers) == 2
+    assert layers.state_dict().keys() == direct.state_dict().keys()
+    calls = _count_nnpack_calls(monkeypatch)
+    images = torch.randn(2, 16, 40, 48)
+    with torch.no_grad():
+        assert _relative_error(direct(images), layers(images)) < 1e-4
+        assert _relative_error(direct[:2](images), layers[:2](images)) < 1e-4
+    assert len(calls) == 4  # both eligible layers, twice
+    # Training (grad enabled) and maps below 32x32 output pixels keep PyTorch's own path.
+    assert torch.equal(direct(images), layers(images))
+    with torch.no_grad():
+        small = torch.randn(1, 16, 16, 16)
+        assert torch.equal(direct(small), layers(small))
+    assert len(calls) == 4
+
+
+@needs_nnpack
+def test_winograd_keeps_fpn_outputs(monkeypatch):
+    plain, fast = _plain_and_fast("resnet18", winograd=True)
+    calls = _count_nnpack_calls(monkeypatch)
+    images = torch.randn(1, 3, 256, 256)  # P2 64x64 and P3 32x32 take the Winograd path
+    with torch.no_grad():
+        reference, output = plain(images), fast(images)
+    assert len(calls) == 2
+    for name in reference:
+        assert output[name].is_contiguous()
+        assert _relative_error(reference[name], output[name]) < 1e-4, name
+
+
+def test_parallel_roi_align_is_bit_identical_and_keeps_gradients():
+    from detectron2.layers import ROIAlign
+
+    from resbackbones.modeling import roi_align as module
+    from resbackbones.modeling.roi_align import parallelize_roi_align
+
+    torch.manual_seed(0)
+    features = torch.randn(2, 8, 48, 64)
+    corners = torch.rand(300, 2) * torch.tensor([50.0, 30.0])
+    boxes = torch.cat([corners, corners + 1 + torch.rand(300, 2) * 14], dim=1)
+    rois = torch.cat([torch.randint(0, 2, (300, 1)).float(), boxes], dim=1)
+    stock = ROIAlign((7, 7), spatial_scale=1.0, sampling_ratio=0, aligned=True)
+    holder = torch.nn.Sequential(ROIAlign((7, 7), spatial_scale=1.0, sampling_ratio=0,
+                                          aligned=True))
+    assert parallelize_roi_align(holder) == 1
+    parallel = holder[0]
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            expected = stock(features, rois)
+            assert torch.equal(parallel(features, rois), expected)
+        assert module._executor is not None  # the ROIs were really split over threads
+        with torch.inference_mode():
+            assert torch.equal(parallel(features, rois), expected)
+        # With autograd the stock path runs: same values and gradients.
+        leaf = features.clone().requires_grad_(True)
+        stock(leaf, rois).square().sum().backward()
+        expected_grad = leaf.grad.clone()
+        leaf.grad = None
+        parallel(leaf, rois).square().sum().backward()
+        assert torch.equal(leaf.grad, expected_grad)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _rcnn_pair(**resbackbone):
+    """A GeneralizedRCNN and a ResBackboneRCNN (R18, Mask R-CNN) with the same weights."""
+    from detectron2 import model_zoo
+
+    def build(meta_architecture, **settings):
+        cfg = _cfg(norm="BN", **settings)
+        cfg.merge_from_file(model_zoo.get_config_file("Base-RCNN-FPN.yaml"))
+        cfg.MODEL.META_ARCHITECTURE = meta_architecture
+        cfg.MODEL.MASK_ON = True
+        cfg.MODEL.DEVICE = "cpu"
+        cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+        return build_model(cfg)
+
+    torch.manual_seed(0)
+    stock = build("GeneralizedRCNN")
+    randomize_norm_statistics(stock)
+    ours = build("ResBackboneRCNN", **resbackbone)
+    assert ours.state_dict().keys() == stock.state_dict().keys()
+    ours.load_state_dict(stock.state_dict())
+    return stock, ours
+
+
+def test_resbackbone_rcnn_trains_exactly_like_generalized_rcnn():
+    from detectron2.structures import Boxes, Instances
+    from detectron2.utils.events import EventStorage
+
+    stock, ours = _rcnn_pair(channels_last="auto", winograd=True, parallel_roi_align=True)
+    image = torch.randint(0, 255, (3, 128, 160), dtype=torch.uint8)
+    targets = Instances((128, 160), gt_boxes=Boxes(torch.tensor([[10.0, 20.0, 90.0, 100.0]])),
+                        gt_classes=torch.tensor([1]),
+                        gt_masks=torch.zeros(1, 128, 160, dtype=torch.bool))
+    targets.gt_masks[0, 20:100, 10:90] = True
+    from detectron2.structures import BitMasks
+
+    targets.gt_masks = BitMasks(targets.gt_masks)
+    losses = []
+    for model in (stock, ours):
+        model.train()
+        torch.manual_seed(1)  # the same ROI sampling for both
+        with EventStorage():
+            losses.append(model([{"image": image, "instances": targets}]))
+    assert losses[0].keys() == losses[1].keys()
+    for name in losses[0]:
+        assert torch.equal(losses[0][name], losses[1][name]), name
+
+
+@needs_nnpack
+def test_resbackbone_rcnn_inference_matches_generalized_rcnn(monkeypatch):
+    stock, ours = _rcnn_pair(channels_last="auto", winograd=True, parallel_roi_align=True)
+    stock.eval()
+    ours.eval()
+    calls = _count_nnpack_calls(monkeypatch)
+    image = torch.randint(0, 255, (3, 256, 320), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        images = stock.preprocess_image([{"image": image}])
+        reference_features = stock.backbone(images.tensor)
+        features = ours.backbone(images.tensor)
+        reference_rpn = stock.proposal_generator.rpn_head(
+            [reference_features[f] for f in stock.proposal_generator.in_features])
+        rpn = ours.proposal_generator.rpn_head(
+            [features[f] for f in ours.proposal_generator.in_features])
+        for reference_level, level in zip(sum(reference_rpn, []), sum(rpn, [])):
+            assert _relative_error(reference_level, level) < 1e-4
+        # The mask head on the same boxes: probabilities before pasting.
+        from detectron2.structures import Boxes, Instances
+
+        boxes = Instances((256, 320), pred_boxes=Boxes(torch.tensor(
+            [[10.0, 20.0, 90.0, 100.0], [100.0, 50.0, 300.0, 240.0]] * 20)),
+            pred_classes=torch.tensor([0, 2] * 20))
+        reference_masks = stock.inference([{"image": image}], [boxes], do_postprocess=False)
+        masks = ours.inference([{"image": image}], [boxes], do_postprocess=False)
+        assert _relative_error(reference_masks[0].pred_masks, masks[0].pred_masks) < 1e-4
+        # And the whole pipeline runs through the fast path.
+        ours([{"image": image}])
+    assert len(calls) >= 4  # FPN outputs and RPN conv at least; mask head with 40 boxes

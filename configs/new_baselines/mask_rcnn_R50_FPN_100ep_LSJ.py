@@ -9,7 +9,7 @@ from detectron2.config import LazyCall as L
 from detectron2.model_zoo import get_config
 
 from resbackbones.catalog import get_entry, input_normalization
-from resbackbones.modeling import TimmResNetBackbone
+from resbackbones.modeling import ResBackboneRCNN, TimmResNetBackbone
 
 ARCH = "resnet50"  # any resbackbones catalog name
 
@@ -17,6 +17,8 @@ _base = get_config("new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py")
 dataloader = _base.dataloader
 lr_multiplier = _base.lr_multiplier
 model = _base.model
+# GeneralizedRCNN plus faster CPU inference around the heads; same weights and training.
+model._target_ = ResBackboneRCNN
 optimizer = _base.optimizer
 train = _base.train
 
