@@ -203,6 +203,9 @@ def _all_reduce_worker(out_dir):
     Path(out_dir, f"rank{comm.get_rank()}").write_text(
         f"{dist.get_backend()} {value.item()} {type(model).__name__}"
     )
+    # Leave the group before exiting: Gloo threads alive at exit can abort the process.
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 @pytest.mark.slow

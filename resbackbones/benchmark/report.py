@@ -22,7 +22,14 @@ same run, interleaved, after warm-up: absolute seconds on a shared machine are n
 so. Weights are random (no ImageNet or COCO weights here); frozen BN statistics are calibrated on
 the input and the box classifier is biased so that every detector returns a full set of
 detections (see `resbackbones/benchmark/contenders.py`). FLOPs are counted by PyTorch's
-`FlopCounterMode` on the real input (2 FLOPs per multiply-add).
+`FlopCounterMode` on the real input (2 FLOPs per multiply-add); a Winograd convolution counts as
+the direct convolution it replaces, so GFLOPs and TFLOP/s compare like with like.
+
+Rows: **resbackbones** is a detector built from this project's config (`ResBackboneRCNN`, all
+default speed-ups); **resbackbones, stock GeneralizedRCNN** is the same backbone and weights
+under Detectron2's own meta-architecture, which isolates the backbone's share of the speed-up;
+**detectron2 built-in** is `build_resnet_fpn_backbone` with the very same weights (the
+reference); torchvision's Mask R-CNN has its own random weights.
 """
 
 

@@ -100,5 +100,17 @@ def run(argv: Optional[List[str]] = None) -> None:
     """Parse ``argv`` and launch :func:`main` on ``--num-gpus`` processes per machine."""
     args = build_argument_parser().parse_args(argv)
     logging.getLogger("detectron2").info(f"Command line arguments: {args}")
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    launch(_main_then_leave_process_group, args.num_gpus, num_machines=args.num_machines,
+           machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+
+
+def _main_then_leave_process_group(args: argparse.Namespace) -> Dict:
+    """:func:`main`, then a clean exit from the process group (Gloo threads still alive at
+    interpreter exit can abort a worker with "terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    results = main(args)
+    if dist.is_available() and dist.is_initialized():
+        comm.synchronize()
+        dist.destroy_process_group()
+    return results
