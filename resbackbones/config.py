@@ -80,9 +80,9 @@ def add_resbackbone_config(cfg: CN) -> CN:
     # over all threads (torchvision's kernel uses one); outputs are bit-identical. The same
     # meta-architecture runs the RPN and mask head channels-last when CHANNELS_LAST applies.
     cfg.MODEL.RESBACKBONE.PARALLEL_ROI_ALIGN = True
-    # At inference on CPU, compute the FPN's 3x3 output convs (and, with ResBackboneRCNN, the
-    # RPN and mask head 3x3 convs) with NNPACK's Winograd kernels: 2-2.7x faster on large maps,
-    # still float32, relative differences ~1e-5 (tests/test_speedups.py).
+    # At inference on CPU, compute the FPN's 3x3 output convs (and, with ResBackboneRCNN or
+    # ResBackboneRetinaNet, the 3x3 convs of the heads) with NNPACK's Winograd kernels: 2-2.7x
+    # faster on large maps, still float32, relative differences ~1e-5 (tests/test_speedups.py).
     cfg.MODEL.RESBACKBONE.WINOGRAD = True
     # Check COCO-format datasets (DATASETS.TRAIN and TEST) before step 0: "off", "header" (files
     # exist, image headers match the JSON sizes: fast) or "full" (also decode every image).

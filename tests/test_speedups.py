@@ -380,3 +380,29 @@ def test_resbackbone_rcnn_inference_matches_generalized_rcnn(monkeypatch):
         # And the whole pipeline runs through the fast path.
         ours([{"image": image}])
     assert len(calls) >= 4  # FPN outputs and RPN conv at least; mask head with 40 boxes
+
+
+@needs_nnpack
+def test_resbackbone_retinanet_head_matches_retinanet(monkeypatch):
+    cfg = _cfg("resnet18", norm="BN")
+    cfg.merge_from_file("configs/Base-RetinaNet-resbackbone.yaml")
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.RETINANET.NUM_CLASSES = 3
+    assert cfg.MODEL.META_ARCHITECTURE == "ResBackboneRetinaNet"
+    ours = build_model(cfg).eval()
+    randomize_norm_statistics(ours)
+    stock_cfg = cfg.clone()
+    stock_cfg.MODEL.META_ARCHITECTURE = "RetinaNet"
+    stock = build_model(stock_cfg).eval()
+    assert ours.state_dict().keys() == stock.state_dict().keys()
+    stock.load_state_dict(ours.state_dict())
+    calls = _count_nnpack_calls(monkeypatch)
+    image = torch.randint(0, 255, (3, 256, 320), dtype=torch.uint8)
+    with torch.no_grad():
+        images = ours.preprocess_image([{"image": image}])
+        features = stock.backbone(images.tensor)
+        levels = [features[f] for f in stock.head_in_features]
+        for reference, output in zip(sum(stock.head(levels), []), sum(ours.head(levels), [])):
+            assert _relative_error(reference, output) < 1e-4
+    assert len(calls) >= 10  # P3 (32x40 = 1280 px) through all ten head convs
