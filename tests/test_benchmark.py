@@ -1,5 +1,6 @@
 """The benchmark runs end to end at a tiny size and writes its tables; its helpers are right."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +82,9 @@ def test_benchmark_tool_runs_and_writes_table(tmp_path):
                        if line.startswith("| resbackbones, stock GeneralizedRCNN"))
     assert "(as resbackbones)" in stock_heads  # training is the same code: not re-timed
     assert "resbackbones, stock GeneralizedRCNN (IoU > 0.99)" in text
+    difference = re.search(r"FPN features of resbackbones differ from the built-in's by at most "
+                           r"(\S+) of", text)
+    assert difference and float(difference.group(1)) < 1e-3  # same weights, rounding only
 
 
 @pytest.mark.skipif(not torch._nnpack_available(), reason="this PyTorch build has no NNPACK")

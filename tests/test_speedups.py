@@ -389,6 +389,7 @@ def test_resbackbone_retinanet_head_matches_retinanet(monkeypatch):
     cfg.MODEL.BACKBONE.FREEZE_AT = 0
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.RETINANET.NUM_CLASSES = 3
+    cfg.MODEL.RESBACKBONE.WINOGRAD = True
     assert cfg.MODEL.META_ARCHITECTURE == "ResBackboneRetinaNet"
     ours = build_model(cfg).eval()
     randomize_norm_statistics(ours)

@@ -94,6 +94,21 @@ def test_eval_only_reproduces_ap(mask_rcnn_run, data_flags, tmp_path):
         assert again[task]["AP"] == pytest.approx(results[task]["AP"], abs=1e-6)
 
 
+def test_inference_speedups_keep_the_ap_of_a_trained_model(mask_rcnn_run, data_flags, tmp_path):
+    """On trained weights (no near-tied random scores) the speed-ups leave COCO AP unchanged."""
+    output_dir, results = mask_rcnn_run
+    plain = main(_args(data_flags, tmp_path, "MODEL.WEIGHTS", str(output_dir / "model_final.pth"),
+                       "MODEL.META_ARCHITECTURE", "GeneralizedRCNN",
+                       "MODEL.RESBACKBONE.WINOGRAD", "False",
+                       "MODEL.RESBACKBONE.CHANNELS_LAST", "off",
+                       "MODEL.RESBACKBONE.FOLD_BN_FOR_INFERENCE", "False",
+                       "MODEL.RESBACKBONE.PARALLEL_ROI_ALIGN", "False", flags=["--eval-only"]))
+    for task in ("bbox", "segm"):
+        for metric in ("AP", "AP50"):
+            assert plain[task][metric] == pytest.approx(results[task][metric], abs=0.2), (
+                task, metric)
+
+
 def test_plot_metrics_tool(mask_rcnn_run, tmp_path):
     output_dir, _ = mask_rcnn_run
     out = tmp_path / "curves.png"

@@ -27,6 +27,7 @@ class Contender:
     infer: Callable[[], object]
     train_step: Callable[[], float]
     description: str
+    test_inputs: Optional[list] = None  # Detectron2 contenders: the batched inputs of infer()
 
 
 def synthetic_image(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -155,7 +156,7 @@ def detectron2_contender(name: str, cfg, image_rgb: np.ndarray, train_batch: int
         optimizer.step()
         return float(total.detach())
 
-    return Contender(name, model, infer, train_step, description)
+    return Contender(name, model, infer, train_step, description, test_inputs)
 
 
 def torchvision_contender(image_rgb: np.ndarray, device: torch.device, train_batch: int,
@@ -222,6 +223,17 @@ def detection_agreement(outputs, reference_outputs, iou_threshold: float = 0.99)
     if len(boxes) == 0:
         return 0.0
     return float((box_iou(reference, boxes).max(dim=1).values > iou_threshold).float().mean())
+
+
+def feature_difference(contender: Contender, reference: Contender) -> float:
+    """Largest difference between two Detectron2 contenders' FPN features on the reference's
+    input, relative to the largest feature magnitude of each level (both in eval mode)."""
+    with torch.inference_mode():
+        images = reference.model.preprocess_image(reference.test_inputs)
+        expected = reference.model.backbone(images.tensor)
+        actual = contender.model.backbone(images.tensor)
+    return max(float((expected[name] - actual[name]).abs().max() / expected[name].abs().max())
+               for name in expected)
 
 
 def detection_counts(outputs) -> Dict[str, int]:

@@ -20,6 +20,7 @@ from resbackbones.benchmark.contenders import (
     detection_agreement,
     detection_counts,
     detectron2_contender,
+    feature_difference,
     synthetic_image,
     torchvision_contender,
 )
@@ -83,6 +84,7 @@ class ComparisonResult:
     detections: Dict[str, int]
     descriptions: Dict[str, str]
     agreement_with_reference: Dict[str, float] = field(default_factory=dict)
+    feature_difference: Dict[str, float] = field(default_factory=dict)
 
 
 def _save_random_timm_weights(arch: str, directory: str) -> str:
@@ -197,8 +199,12 @@ def run_comparison(settings: BenchmarkSettings) -> ComparisonResult:
                 describe_device(device))
     outputs = {c.name: c.infer() for c in contenders}
     detections = {name: detection_counts(out)["detections"] for name, out in outputs.items()}
+    same_weights = ("resbackbones", STOCK_HEADS)
     agreement = {name: detection_agreement(out, outputs[REFERENCE])
-                 for name, out in outputs.items() if name in ("resbackbones", STOCK_HEADS)}
+                 for name, out in outputs.items() if name in same_weights}
+    by_name = {c.name: c for c in contenders}
+    differences = {name: feature_difference(by_name[name], by_name[REFERENCE])
+                   for name in same_weights if name in by_name}
     flops = {c.name: count_flops(c.infer) for c in contenders}
     total = len(contenders) * (settings.warmup + settings.repeats)
     with tqdm(total=total, desc="inference", leave=False) as bar:
@@ -224,6 +230,7 @@ def run_comparison(settings: BenchmarkSettings) -> ComparisonResult:
         detections=detections,
         descriptions={c.name: c.description for c in contenders},
         agreement_with_reference=agreement,
+        feature_difference=differences,
     )
 
 
