@@ -5,6 +5,7 @@ all of them alike; results are medians with the inter-quartile spread.
 """
 from __future__ import annotations
 
+import functools
 import statistics
 import threading
 import time
@@ -119,17 +120,14 @@ def measure_interleaved(
     return results
 
 
-_nnpack_formula_registered = False
-
-
+@functools.lru_cache(maxsize=None)
 def _register_nnpack_flop_formula() -> None:
     """Count NNPACK (Winograd) convolutions at the FLOPs of the direct convolution.
 
     FlopCounterMode has no formula for ``aten._nnpack_spatial_convolution`` and would count it
     as zero; the nominal count keeps GFLOPs and TFLOP/s comparable between contenders.
     """
-    global _nnpack_formula_registered
-    if _nnpack_formula_registered or not hasattr(torch.ops.aten, "_nnpack_spatial_convolution"):
+    if not hasattr(torch.ops.aten, "_nnpack_spatial_convolution"):
         return
     from torch.utils.flop_counter import conv_flop_count, register_flop_formula
 
@@ -137,8 +135,6 @@ def _register_nnpack_flop_formula() -> None:
     def _nnpack_flops(x_shape, w_shape, bias_shape, padding, stride=None, *, out_shape=None,
                       **kwargs) -> int:
         return conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
-
-    _nnpack_formula_registered = True
 
 
 def count_flops(run_once: Callable[[], None]) -> int:

@@ -213,11 +213,10 @@ def run_comparison(settings: BenchmarkSettings) -> ComparisonResult:
                                         progress=lambda _: bar.update())
     training: Dict[str, Timing] = {}
     if settings.include_training:
-        total = (len(contenders) - (STOCK_HEADS in names)) * (
-            settings.warmup + settings.train_repeats)
+        trained = [c for c in contenders if c.name != STOCK_HEADS]
+        total = len(trained) * (settings.warmup + settings.train_repeats)
         with tqdm(total=total, desc="training", leave=False) as bar:
-            training = measure_interleaved({c.name: c.train_step for c in contenders
-                                            if c.name != STOCK_HEADS}, device,
+            training = measure_interleaved({c.name: c.train_step for c in trained}, device,
                                            settings.warmup, settings.train_repeats,
                                            progress=lambda _: bar.update())
     return ComparisonResult(

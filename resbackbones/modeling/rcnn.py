@@ -74,13 +74,12 @@ class ResBackboneRCNN(GeneralizedRCNN):
 
     @classmethod
     def from_config(cls, cfg):
-        settings = cfg.MODEL.get("RESBACKBONE", {})
-        return {
-            **super().from_config(cfg),
-            "heads_channels_last": settings.get("CHANNELS_LAST", "auto"),
-            "parallel_roi_align": settings.get("PARALLEL_ROI_ALIGN", True),
-            "winograd": settings.get("WINOGRAD", True),
-        }
+        arguments = super().from_config(cfg)
+        if "RESBACKBONE" not in cfg.MODEL:  # a plain Detectron2 config: __init__'s defaults
+            return arguments
+        settings = cfg.MODEL.RESBACKBONE
+        return {**arguments, "heads_channels_last": settings.CHANNELS_LAST,
+                "parallel_roi_align": settings.PARALLEL_ROI_ALIGN, "winograd": settings.WINOGRAD}
 
     def _heads_use_channels_last(self, device: torch.device) -> bool:
         if self.training or torch.is_grad_enabled():

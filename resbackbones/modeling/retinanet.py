@@ -32,5 +32,7 @@ class ResBackboneRetinaNet(RetinaNet):
 
     @classmethod
     def from_config(cls, cfg):
-        return {**super().from_config(cfg),
-                "winograd": cfg.MODEL.get("RESBACKBONE", {}).get("WINOGRAD", True)}
+        arguments = super().from_config(cfg)
+        if "RESBACKBONE" not in cfg.MODEL:  # a plain Detectron2 config: __init__'s default
+            return arguments
+        return {**arguments, "winograd": cfg.MODEL.RESBACKBONE.WINOGRAD}
