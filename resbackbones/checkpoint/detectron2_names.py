@@ -159,13 +159,21 @@ def detectron2_to_resbackbones(
             renamed[key] = value
             continue
         timm_key = detectron2_to_timm_key(relative)
-        if timm_key is None:
-            unconvertible.append(key)
-            renamed[key] = value
-        else:
-            renamed[target + timm_key] = value
-            sources[target + timm_key] = key
+        new_key = None if timm_key is None else target + timm_key
+        _store_renamed(key, new_key, value, renamed, sources, unconvertible)
     return renamed, sources, unconvertible
+
+
+def _store_renamed(old: str, new: Optional[str], value: T, renamed: Dict[str, T],
+                   sources: Dict[str, str], unconvertible: List[str]) -> None:
+    """Store ``value`` under its ``new`` name; without one, keep ``old`` and report it, so that
+    loading lists it instead of dropping it silently."""
+    if new is None:
+        unconvertible.append(old)
+        renamed[old] = value
+    else:
+        renamed[new] = value
+        sources[new] = old
 
 
 def resbackbones_to_detectron2(
@@ -225,13 +233,7 @@ def caffe2_to_timm_names(
         if name.endswith("_momentum"):
             ignored.append(name)
             continue
-        timm_key = _caffe2_to_timm_key(name)
-        if timm_key is None:
-            unknown.append(name)
-            tensors[name] = value
-        else:
-            tensors[timm_key] = value
-            sources[timm_key] = name
+        _store_renamed(name, _caffe2_to_timm_key(name), value, tensors, sources, unknown)
     return tensors, sources, ignored, unknown
 
 
