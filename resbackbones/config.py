@@ -17,6 +17,7 @@ from resbackbones.catalog import get_entry, input_normalization, is_timm_name
 __all__ = [
     "add_resbackbone_config",
     "apply_catalog_input_normalization",
+    "build_config",
     "expected_input_normalization",
     "check_input_normalization",
     "VALID_NORMS",
@@ -247,4 +248,30 @@ def validate_config(cfg: CN) -> CN:
     if looks_local and not os.path.isfile(weights):
         raise ConfigError(f"MODEL.RESBACKBONE.WEIGHTS file not found: {weights!r}. Valid: '' "
                           "(random init), 'imagenet', 'timm:<model>.<tag>' or an existing file.")
+    return cfg
+
+
+def build_config(config_file: str = "", opts: Sequence[str] = ()) -> CN:
+    """The one way to build a resbackbones config: Detectron2's defaults, this project's keys,
+    ``config_file`` and ``KEY VALUE`` overrides merged with checked errors, then validated.
+
+    Train, demo, benchmark, export and listing all start here; device choice is left to the
+    caller (``MODEL.DEVICE`` is returned as written).
+
+    Args:
+        config_file: a Detectron2 YAML config ("" for Detectron2's defaults).
+        opts: flat list of overrides, e.g. ``["MODEL.RESBACKBONE.ARCH", "resnet18"]``.
+
+    Returns:
+        The (unfrozen) config.
+
+    Raises:
+        ConfigError: the file is missing, a key is unknown or a value is invalid.
+    """
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    add_resbackbone_config(cfg)
+    merge_config_checked(cfg, config_file, opts)
+    validate_config(cfg)
     return cfg

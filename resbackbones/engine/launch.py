@@ -11,14 +11,14 @@ import os
 from typing import Dict, List, Optional, Sequence
 
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 import resbackbones  # noqa: F401  (registers the backbones)
 from resbackbones.checkpoint.checkpointer import ResBackboneCheckpointer
-from resbackbones.config import add_resbackbone_config, merge_config_checked, validate_config
+from resbackbones.config import build_config
 from resbackbones.data import check_datasets_exist, register_dataset_specs
 from resbackbones.data.validation import validate_registered_datasets
 
@@ -43,10 +43,7 @@ def build_cfg(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
     On a machine without CUDA, ``MODEL.DEVICE`` "cuda" becomes "cpu" (Detectron2 would crash in
     the first forward pass, detectron2#300).
     """
-    cfg = get_cfg()
-    add_resbackbone_config(cfg)
-    merge_config_checked(cfg, config_file, opts)
-    validate_config(cfg)
+    cfg = build_config(config_file, opts)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
         logging.getLogger("resbackbones").info("No CUDA device: MODEL.DEVICE set to cpu.")
