@@ -39,7 +39,7 @@ SDIST_FILENAME = "pb1-detectron2-0.6.tar.gz"
 SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
 UPSTREAM_VERSION = "0.6"
 # Bump whenever SOURCE_REWRITES or the wheel metadata change: an older build is then replaced.
-PATCH_LEVEL = 2
+PATCH_LEVEL = 3
 WHEEL_VERSION = f"{UPSTREAM_VERSION}+resbackbones.{PATCH_LEVEL}"
 LOCAL_VERSION_PATTERN = re.compile(r"^0\.6\+resbackbones\.(\d+)$")
 
@@ -164,6 +164,15 @@ SOURCE_REWRITES: List[SourceRewrite] = [
                   '        p.is_cuda for p in model.parameters()\n'
                   '    ):', 1,
                   "DDP refuses device_ids for a CPU module"),
+    SourceRewrite("export/__init__.py", "from .api import *\n",
+                  "try:\n"
+                  "    from .api import *\n"
+                  "except ModuleNotFoundError as _missing:\n"
+                  "    # Only the Caffe2 exporter needs caffe2; tracing and scripting do not.\n"
+                  "    if not (_missing.name or \"\").startswith(\"caffe2\"):\n"
+                  "        raise\n", 1,
+                  "imports Caffe2's protos, which current PyTorch lacks; TracingAdapter and "
+                  "scripting_with_instances do not need them (upstream PR 4291)"),
 ]
 
 # Written into the package: loads ``detectron2._C`` on first use instead of at import time.
