@@ -6,13 +6,17 @@ One model (what ``make demo`` runs after ``make quickstart``)::
     python tools/gradio_demo.py --config-file output/quickstart/config.yaml \\
         --opts MODEL.WEIGHTS output/quickstart/model_final.pth
 
-Several models, picked in a dropdown (``--opts`` applies to all of them)::
+Several models, picked in a dropdown (``--opts`` applies to all models given)::
 
     python tools/gradio_demo.py --model r18=configs/a.yaml:out/a/model_final.pth \\
         --model r50=configs/b.yaml:out/b/model_final.pth --opts MODEL.DEVICE cpu
 
-Without ``--config-file``/``--model`` it serves ``output/quickstart`` when that exists. The page is
-served on 127.0.0.1 unless ``--host`` says otherwise; it has no login.
+Without ``--config-file``/``--model`` it serves ``output/quickstart`` when that exists. The
+dropdown also offers Detectron2's model-zoo COCO Mask R-CNN R50-FPN 3x (through the twin config
+configs/Detectron2-ModelZoo/mask_rcnn_R_50_FPN_3x.yaml); its weights (about 180 MB) are
+downloaded into Detectron2's cache when it is first chosen (``--model-zoo-url`` or
+$RESBACKBONES_MODEL_ZOO_URL: a mirror; ``--no-model-zoo``: leave it out). The page is served on
+127.0.0.1 unless ``--host`` says otherwise; it has no login.
 """
 from __future__ import annotations
 
@@ -28,9 +32,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
+from resbackbones.checkpoint import WeightsUnavailableError  # noqa: E402
 from resbackbones.demo import (  # noqa: E402
+    MODEL_ZOO_MODELS,
     DemoPredictor,
     DetectionDemo,
+    build_model_zoo_predictor,
     build_app,
     launch_app,
     model_name_from_config,
@@ -60,6 +67,11 @@ def get_parser() -> argparse.ArgumentParser:
                         help="Comma-separated class names, when the config's test dataset is not "
                              "registered and the checkpoint stores none.")
     parser.add_argument("--max-file-size", default="25mb", help="Upload size limit.")
+    parser.add_argument("--model-zoo-url", default=None, metavar="URL",
+                        help="Base URL of a Detectron2 model-zoo mirror (default: "
+                             "$RESBACKBONES_MODEL_ZOO_URL, else Detectron2's).")
+    parser.add_argument("--no-model-zoo", action="store_true",
+                        help="Do not offer Detectron2's COCO model in the dropdown.")
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
                         help="KEY VALUE config overrides, applied to every model; put it last.")
     return parser
@@ -101,6 +113,15 @@ def build_models(specs: Dict[str, tuple], device: Optional[str],
     return models
 
 
+def add_model_zoo_models(models: Dict[str, Callable[[], DemoPredictor]], device: Optional[str],
+                         opts: Sequence[str], base_url: Optional[str]) -> None:
+    """Offer the model-zoo detectors after the user's models; built (downloaded) when chosen."""
+    for entry in MODEL_ZOO_MODELS:
+        if entry.name not in models:
+            models[entry.name] = partial(build_model_zoo_predictor, entry, device=device,
+                                         opts=opts, base_url=base_url)
+
+
 def quickstart_args(output_dir: str = QUICKSTART_OUTPUT) -> List[str]:
     """The arguments ``make demo`` passes: the model trained by ``make quickstart``."""
     return ["--config-file", os.path.join(output_dir, "config.yaml"),
@@ -119,10 +140,14 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     logging.getLogger("resbackbones").setLevel(logging.INFO)
     class_names = [c.strip() for c in args.class_names.split(",")] if args.class_names else None
     try:
-        models = build_models(parse_model_specs(args), args.device, class_names)
+        given = args.config_file or args.model or args.no_model_zoo
+        models = build_models(parse_model_specs(args), args.device, class_names) if given \
+            else OrderedDict()  # nothing trained yet: the COCO model alone
+        if not args.no_model_zoo:  # --opts are meant for the user's models, not for these
+            add_model_zoo_models(models, args.device, (), args.model_zoo_url)
         demo = DetectionDemo(models)
         demo.predictor()  # build the default model now: a bad checkpoint fails before serving
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, WeightsUnavailableError) as err:
         raise SystemExit(f"error: {err}") from None
     app = build_app(demo, score_threshold=args.confidence_threshold)
     return launch_app(app, host=args.host, port=args.port, max_file_size=args.max_file_size)

@@ -21,9 +21,12 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from resbackbones.checkpoint import WeightsUnavailableError
+
 from .drawing import DRAW_PARTS, draw_detections
 from .examples import make_example_images
 from .images import ImageDecodeError
+from .photos import make_photo_examples
 from .predictor import DemoPredictor, Prediction
 from .results import TABLE_HEADERS, coco_results, detection_rows, filter_instances, write_coco_json
 
@@ -97,6 +100,26 @@ class DetectionDemo:
         """Class names of a model (for the class filter)."""
         return list(self.predictor(model_name).class_names)
 
+    def is_built(self, model_name: str) -> bool:
+        """Whether the model called ``model_name`` is loaded (building it has succeeded)."""
+        return model_name in self._built
+
+    def select_model(self, model_name: str) -> Tuple[List[str], Optional[str]]:
+        """Build a model chosen in the dropdown, turning a failure into a message.
+
+        A model whose weights cannot be had (offline) or do not fit must not take the page down:
+        the others keep working, and choosing it again retries (e.g. once the file is copied).
+
+        Returns:
+            ``(class names, None)``, or ``([], Markdown message saying what failed and how to
+            fix it)``.
+        """
+        try:
+            return self.class_names(model_name), None
+        except Exception as err:
+            logger.warning(f"Model {model_name!r} could not be loaded: {err}")
+            return [], f"**Model {model_name!r} is not available.** {err}"
+
     def detect(
         self,
         upload: Any,
@@ -130,6 +153,9 @@ class DetectionDemo:
             prediction.timings["preprocess"] += decode_time
         except ImageDecodeError as err:
             return DemoResult(None, [], None, str(err), error=True)
+        except WeightsUnavailableError as err:  # offline: the message says where to put the file
+            return DemoResult(None, [], None, f"**Model {model_name!r} is not available.** {err}",
+                              error=True)
         except (ValueError, FileNotFoundError) as err:
             return DemoResult(None, [], None, str(err), error=True)
         except RuntimeError as err:  # out of memory, an operator missing on this install, ...
@@ -254,6 +280,7 @@ def build_app(
     examples: Optional[Sequence[str]] = None,
     score_threshold: float = 0.5,
     title: str = "resbackbones detection demo",
+    photos: Optional[Sequence[str]] = None,
 ) -> "gradio.Blocks":  # noqa: F821
     """Lay out the page and wire its events to ``demo``.
 
@@ -263,6 +290,8 @@ def build_app(
             model's test dataset).
         score_threshold: initial value of the score slider.
         title: page title.
+        photos: real photos for a second gallery (default: :func:`make_photo_examples`, empty
+            without the ``demo`` extra); ``[]`` shows none.
 
     Returns:
         A ``gradio.Blocks`` with its queue configured (one request at a time per event,
@@ -276,6 +305,8 @@ def build_app(
     if examples is None:
         test_sets = predictor.cfg.DATASETS.TEST
         examples = make_example_images(dataset_name=test_sets[0] if len(test_sets) else None)
+    if photos is None:
+        photos = make_photo_examples()
 
     def empty_table() -> "pd.DataFrame":
         return pd.DataFrame([], columns=TABLE_HEADERS)
@@ -302,14 +333,18 @@ def build_app(
                              state["stem"])
         return to_outputs(result, state)
 
-    def on_model_change(model_name):
-        try:
-            names = demo.class_names(model_name)
-        except Exception as err:  # a model that fails to build must not take the page down
-            logger.exception(f"Model {model_name!r} failed to build")
-            gr.Warning(f"Model {model_name!r} could not be loaded: {err}")
-            names = []
-        return gr.Dropdown(choices=names, value=[])
+    def on_model_change(model_name, progress=gr.Progress(track_tqdm=True)):
+        # track_tqdm: a first-use download shows its progress bar on the page too.
+        names, failure = demo.select_model(model_name)
+        if failure:
+            gr.Warning(failure)
+            return gr.Dropdown(choices=[], value=[]), failure
+        return gr.Dropdown(choices=names, value=[]), gr.skip()
+
+    def on_detect_after_switch(upload, model_name, threshold, classes, parts):
+        if not demo.is_built(model_name):  # keep the message on why it is not available
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return on_detect(upload, model_name, threshold, classes, parts)
 
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as app:
         gr.Markdown(f"# {title}\nDrop an image (or pick an example). Boxes, labels and instance "
@@ -329,9 +364,12 @@ def build_app(
                 parts = gr.CheckboxGroup(list(DRAW_PARTS), value=list(DRAW_PARTS), label="Draw",
                                          elem_id="parts")
                 run = gr.Button("Detect", variant="primary", elem_id="detect")
+                if photos:
+                    gr.Examples(examples=[[p] for p in photos], inputs=[image_in],
+                                label="Photos (COCO classes: for the COCO model)")
                 if examples:
                     gr.Examples(examples=[[p] for p in examples], inputs=[image_in],
-                                label="Examples")
+                                label="Synthetic shapes" if photos else "Examples")
             with gr.Column(scale=2):
                 image_out = gr.Image(label="Result", type="numpy", format="png", height=520,
                                      interactive=False, elem_id="result-image")
@@ -350,10 +388,10 @@ def build_app(
               inputs=[state] + controls, outputs=outputs, api_visibility="private",
               trigger_mode="always_last",
               show_progress="minimal")
-        model.change(on_model_change, inputs=[model], outputs=[classes],
+        model.change(on_model_change, inputs=[model], outputs=[classes, status],
                      api_visibility="private").then(
-            on_detect, inputs=[image_in] + controls, outputs=outputs, preprocess=False,
-            api_visibility="private")
+            on_detect_after_switch, inputs=[image_in] + controls, outputs=outputs,
+            preprocess=False, api_visibility="private")
     app.queue(default_concurrency_limit=1, max_size=16)
     return app
 

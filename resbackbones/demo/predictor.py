@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -27,6 +27,8 @@ from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
+
+from resbackbones.engine.class_names import read_class_names
 
 from .images import DecodedImage, decode_image
 
@@ -164,10 +166,13 @@ class DemoPredictor:
     Args:
         cfg: a config from :func:`setup_cfg`.
         name: display name of the model.
-        class_names: overrides the class names (else: metadata of ``DATASETS.TEST[0]``, then a
-            ``thing_classes`` list stored in the checkpoint, then ``"class N"``).
+        class_names: overrides the class names (else: the ``class_names.json`` saved by
+            training next to ``MODEL.WEIGHTS``, then a ``thing_classes`` list stored in the
+            checkpoint, then metadata of ``DATASETS.TEST[0]`` if registered, then ``"class N"``).
         allow_partial_weights: load a checkpoint that misses some of the model's parameters
             (they stay randomly initialised). Off by default: such a model shows garbage.
+        dataset_id_to_contiguous_id: the dataset's category ids, for COCO results JSON (else:
+            from ``class_names.json`` or the registered ``DATASETS.TEST[0]``).
     """
 
     def __init__(
@@ -176,6 +181,7 @@ class DemoPredictor:
         name: str = "model",
         class_names: Optional[Sequence[str]] = None,
         allow_partial_weights: bool = False,
+        dataset_id_to_contiguous_id: Optional[Mapping[int, int]] = None,
     ):
         self.cfg = cfg.clone()
         self.cfg.freeze()
@@ -188,8 +194,11 @@ class DemoPredictor:
             raise ValueError(f"INPUT.FORMAT is {self.input_format!r}; the demo supports RGB, BGR.")
         self.test_size = (int(cfg.INPUT.MIN_SIZE_TEST), int(cfg.INPUT.MAX_SIZE_TEST))
         self.resize = T.ResizeShortestEdge([self.test_size[0]] * 2, self.test_size[1])
+        weights = cfg.MODEL.WEIGHTS
+        self._saved = read_class_names(os.path.dirname(os.path.abspath(weights))) \
+            if weights and "://" not in weights else None
         self.class_names = self._resolve_class_names(class_names, checkpoint_extra)
-        self.metadata = self._build_metadata()
+        self.metadata = self._build_metadata(dataset_id_to_contiguous_id)
 
     @property
     def device(self) -> str:
@@ -240,15 +249,18 @@ class DemoPredictor:
         candidates = []
         if explicit:
             candidates.append(("--class-names", list(explicit)))
-        if len(self.cfg.DATASETS.TEST):
-            names = MetadataCatalog.get(self.cfg.DATASETS.TEST[0]).get("thing_classes", None)
-            if names:
-                candidates.append((f"metadata of {self.cfg.DATASETS.TEST[0]!r}", list(names)))
+        if self._saved is not None:
+            candidates.append((self._saved.path, list(self._saved.thing_classes)))
         stored = checkpoint_extra.get("thing_classes")
         if stored is None and isinstance(checkpoint_extra.get("metadata"), dict):
             stored = checkpoint_extra["metadata"].get("thing_classes")
         if stored:
             candidates.append(("the checkpoint", [str(n) for n in stored]))
+        # Last resort, for models trained before class_names.json: a registered dataset.
+        if len(self.cfg.DATASETS.TEST):
+            names = MetadataCatalog.get(self.cfg.DATASETS.TEST[0]).get("thing_classes", None)
+            if names:
+                candidates.append((f"metadata of {self.cfg.DATASETS.TEST[0]!r}", list(names)))
         for source, names in candidates:
             if num_classes is None or len(names) == num_classes:
                 return names
@@ -256,10 +268,18 @@ class DemoPredictor:
                            f"has {num_classes} classes; ignoring them.")
         return [f"class {i}" for i in range(num_classes or 0)]
 
-    def _build_metadata(self) -> Metadata:
+    def _build_metadata(self, mapping: Optional[Mapping[int, int]]) -> Metadata:
         metadata = Metadata(name=f"resbackbones_demo_{self.name}")
         metadata.thing_classes = list(self.class_names)
-        if len(self.cfg.DATASETS.TEST):
+        if mapping is None and self._saved is not None and \
+                self._saved.thing_classes == self.class_names:
+            mapping = self._saved.thing_dataset_id_to_contiguous_id or None
+        if mapping is not None:
+            if len(mapping) != len(self.class_names):
+                raise ValueError(f"{self.name}: {len(mapping)} dataset category ids for "
+                                 f"{len(self.class_names)} class names.")
+            metadata.thing_dataset_id_to_contiguous_id = dict(mapping)
+        elif len(self.cfg.DATASETS.TEST):
             source = MetadataCatalog.get(self.cfg.DATASETS.TEST[0])
             mapping = source.get("thing_dataset_id_to_contiguous_id", None)
             if mapping and len(mapping) == len(self.class_names):

@@ -24,6 +24,7 @@ from detectron2.utils import comm
 from resbackbones.checkpoint.checkpointer import ResBackboneCheckpointer
 from resbackbones.data.robust_mapper import SkipCorruptedImages
 
+from .class_names import write_class_names
 from .evaluation import build_coco_evaluator
 from .plots import plot_metrics
 from .visualize import draw_predictions
@@ -60,13 +61,15 @@ class CPUAutocastTrainer(SimpleTrainer):
 
 
 def write_run_report(cfg: CfgNode, model: torch.nn.Module, results: Dict) -> None:
-    """Write ``eval_results.json``, ``metrics.png`` and ``visualizations/`` into cfg.OUTPUT_DIR.
+    """Write ``eval_results.json``, ``metrics.png``, ``visualizations/`` and
+    ``class_names.json`` (read by the demo) into cfg.OUTPUT_DIR.
 
     Only the main process writes; the others return at once.
     """
     if not comm.is_main_process():
         return
     output_dir = cfg.OUTPUT_DIR
+    write_class_names(cfg)
     if results:
         with open(os.path.join(output_dir, EVAL_RESULTS_FILE), "w") as f:
             json.dump(results, f, indent=2, sort_keys=True)
