@@ -105,7 +105,8 @@ def test_predictions_match_default_predictor(predictor, model_files):
 
 
 def test_resbackbone_config_matches_default_predictor(tmp_path):
-    """Our own backbone (configs/quick_schedules), RGB input format, dataset class names."""
+    """Our own backbone (configs/quick_schedules), RGB input format, class names saved by
+    training next to the weights (the synthetic dataset is not registered in this process)."""
     config_file = str(REPO / "configs" / "quick_schedules"
                       / "mask_rcnn_R_18_FPN_synthetic_instant_test.yaml")
     opts = ["MODEL.DEVICE", "cpu", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
@@ -113,6 +114,8 @@ def test_resbackbone_config_matches_default_predictor(tmp_path):
     random_model = DemoPredictor(setup_cfg(config_file, opts), name="random").model
     weights = tmp_path / "model.pth"
     torch.save({"model": random_model.state_dict()}, weights)
+    (tmp_path / "class_names.json").write_text(
+        json.dumps({"thing_classes": ["circle", "triangle", "rectangle"]}))
     cfg = setup_cfg(config_file, opts + ["MODEL.WEIGHTS", str(weights)])
     assert cfg.INPUT.FORMAT == "RGB"
     predictor = DemoPredictor(cfg, name="resbackbone")
