@@ -1,0 +1,22 @@
+"""Data: layouts and registration, validation, the synthetic polyp set and the mapper."""
+from .layouts import (
+    LAYOUTS,
+    make_split,
+    parse_dataset_spec,
+    read_mask,
+    read_split_file,
+    register_segmentation_dataset,
+    scan_pairs,
+    write_split_file,
+)
+from .mapper import SegmentationMapper
+from .synthetic import SyntheticPolypSpec, generate_synthetic_polyps, render_polyp_image
+from .validation import (
+    PROBLEM_KINDS,
+    DatasetValidationError,
+    ValidationReport,
+    validate_records,
+    validate_registered,
+)
+
+__all__ = [k for k in globals().keys() if not k.startswith("_")]
