@@ -189,8 +189,10 @@ def _record_images_worker(args, record_dir):
 
 
 def test_two_gloo_processes_see_the_same_images_as_one(data_flags, tmp_path):
+    # MODEL.DEVICE cpu: several processes without CUDA must be asked for explicitly.
     opts = ["MODEL.MASK_ON", "False", "MODEL.RESBACKBONE.NORM", "naiveSyncBN",
-            "SOLVER.MAX_ITER", "4", "DATASETS.TEST", "()", "SOLVER.IMS_PER_BATCH", "2"]
+            "SOLVER.MAX_ITER", "4", "DATASETS.TEST", "()", "SOLVER.IMS_PER_BATCH", "2",
+            "MODEL.DEVICE", "cpu"]
     single, double = tmp_path / "single", tmp_path / "double"
     single.mkdir()
     double.mkdir()

@@ -39,7 +39,7 @@ SDIST_FILENAME = "pb1-detectron2-0.6.tar.gz"
 SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
 UPSTREAM_VERSION = "0.6"
 # Bump whenever SOURCE_REWRITES or the wheel metadata change: an older build is then replaced.
-PATCH_LEVEL = 3
+PATCH_LEVEL = 4
 WHEEL_VERSION = f"{UPSTREAM_VERSION}+resbackbones.{PATCH_LEVEL}"
 LOCAL_VERSION_PATTERN = re.compile(r"^0\.6\+resbackbones\.(\d+)$")
 
@@ -145,16 +145,33 @@ SOURCE_REWRITES: List[SourceRewrite] = [
                   '    assert torch.cuda.is_available(), '
                   '"cuda is not available. Please check your installation."\n', "", 1,
                   "distributed launch asserted CUDA; machines without GPUs use Gloo instead"),
-    SourceRewrite("engine/launch.py", 'backend="NCCL",',
-                  'backend="NCCL" if torch.cuda.is_available() else "GLOO",', 1,
+    SourceRewrite("engine/launch.py", 'backend="NCCL",', "backend=backend,", 1,
                   "NCCL needs GPUs; Gloo runs distributed training on CPU"),
+    SourceRewrite("engine/launch.py",
+                  "    timeout=DEFAULT_TIMEOUT,\n):\n    \"\"\"\n    Launch multi-gpu",
+                  "    timeout=DEFAULT_TIMEOUT,\n    backend=None,\n):\n    \"\"\"\n"
+                  "    Launch multi-gpu", 1,
+                  "the caller chooses the backend from its device: a CPU run on a GPU machine "
+                  "needs Gloo (NCCL crashes in DDP on CPU tensors)"),
+    SourceRewrite("engine/launch.py", "        args (tuple): arguments passed to main_func\n",
+                  "        args (tuple): arguments passed to main_func\n"
+                  "        backend (str): process-group backend; default NCCL when CUDA is "
+                  "available, else Gloo\n", 1, "document the backend argument"),
+    SourceRewrite("engine/launch.py", "                timeout,\n            ),",
+                  "                timeout,\n                backend,\n            ),", 1,
+                  "pass the chosen backend to the spawned workers"),
+    SourceRewrite("engine/launch.py",
+                  "    timeout=DEFAULT_TIMEOUT,\n):\n    global_rank",
+                  "    timeout=DEFAULT_TIMEOUT,\n    backend=None,\n):\n"
+                  "    backend = backend or (\"NCCL\" if torch.cuda.is_available() else \"GLOO\")\n"
+                  "    global_rank", 1, "the worker's backend: the caller's, else NCCL with CUDA"),
     SourceRewrite("engine/launch.py",
                   "    assert num_gpus_per_machine <= torch.cuda.device_count()\n"
                   "    torch.cuda.set_device(local_rank)\n",
-                  "    if torch.cuda.is_available():\n"
+                  "    if str(backend).upper() == \"NCCL\":\n"
                   "        assert num_gpus_per_machine <= torch.cuda.device_count()\n"
                   "        torch.cuda.set_device(local_rank)\n", 1,
-                  "selecting a CUDA device only makes sense when there is one"),
+                  "selecting a CUDA device only makes sense for a run on CUDA (NCCL)"),
     SourceRewrite("data/common.py", "self._rng.sample(self._fallback_candidates, k=1)",
                   "self._rng.sample(sorted(self._fallback_candidates), k=1)", 1,
                   "Python 3.11 removed random.sample() from sets: a skipped sample (mapper "

@@ -37,9 +37,12 @@ class Timing:
 
 
 class PeakMemory:
-    """Peak memory during a block: the CUDA allocator's peak, or sampled RSS on CPU.
+    """Peak memory during a block: on CUDA the allocator's peak above what was allocated on
+    entry, on CPU sampled RSS.
 
-    RSS is sampled every few milliseconds by a thread, because the process-wide high-water mark
+    On CUDA the memory already held on entry (other contenders' weights, cached inputs) is
+    subtracted, so each contender is charged only for what its own step allocates. RSS is
+    sampled every few milliseconds by a thread, because the process-wide high-water mark
     (``ru_maxrss``) cannot be reset between contenders that share a process.
     """
 
@@ -47,6 +50,7 @@ class PeakMemory:
         self.device = device
         self.interval_s = interval_s
         self.peak_bytes = 0
+        self.allocated_on_entry = 0
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -60,6 +64,7 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
+            self.allocated_on_entry = torch.cuda.memory_allocated(self.device)
         else:
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
@@ -68,11 +73,22 @@ class PeakMemory:
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
+            self.peak_bytes = (torch.cuda.max_memory_allocated(self.device)
+                               - self.allocated_on_entry)
         else:
             self._stop.set()
             self._thread.join()
             self.peak_bytes = max(self.peak_bytes, psutil.Process().memory_info().rss)
+
+
+def release_memory(device: torch.device) -> None:
+    """Free what dropped contenders left behind before the next one is measured: collect
+    reference cycles now rather than at some later step, and return cached CUDA blocks."""
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _synchronize(device: torch.device) -> None:

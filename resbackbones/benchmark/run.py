@@ -30,6 +30,7 @@ from resbackbones.benchmark.harness import (
     count_parameters,
     describe_device,
     measure_interleaved,
+    release_memory,
 )
 
 logger = logging.getLogger(__name__)
@@ -192,6 +193,7 @@ def run_comparison(settings: BenchmarkSettings) -> ComparisonResult:
     from tqdm import tqdm
 
     device = torch.device(settings.device)
+    release_memory(device)  # what an earlier comparison in this process left
     with tempfile.TemporaryDirectory(prefix="resbackbones-bench-") as weights_dir:
         contenders = build_contenders(settings, weights_dir)
     names = [c.name for c in contenders]
@@ -264,4 +266,5 @@ def run_scaling(settings: BenchmarkSettings, archs: Sequence[str],
         rows.append(ScalingRow(arch, height, width, timing.median, timing.spread,
                                timing.peak_memory_bytes, count_flops(contender.infer) / 1e9))
         del contender
+        release_memory(device)  # the next size/arch starts from an empty allocator
     return rows

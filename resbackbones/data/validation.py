@@ -22,6 +22,7 @@ __all__ = [
     "ValidationReport",
     "validate_coco_json",
     "filter_coco_json",
+    "use_cleaned_dataset",
 ]
 
 logger = logging.getLogger(__name__)
@@ -281,8 +282,7 @@ def validate_registered_datasets(names: Iterable[str], mode: str = "header",
     Raises:
         DatasetValidationError: a dataset has problems and ``skip_bad`` is False.
     """
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-    from detectron2.data.datasets import register_coco_instances
+    from detectron2.data import MetadataCatalog
     from detectron2.utils import comm
 
     if mode not in VALIDATE_CHOICES:
@@ -307,13 +307,30 @@ def validate_registered_datasets(names: Iterable[str], mode: str = "header",
         if not skip_bad:
             raise DatasetValidationError(report)
         logger.warning("%s\nDATASETS.SKIP_BAD_RECORDS: dropping the bad records.", report.format())
-        os.makedirs(cleaned_dir, exist_ok=True)
-        cleaned = os.path.join(cleaned_dir, f"{name}.rank{comm.get_rank()}.json")
-        summary = filter_coco_json(json_file, report, cleaned)
-        logger.warning("Dataset %s now uses %s: %s", name, cleaned, summary)
-        kept = {key: value for key, value in metadata.as_dict().items()
-                if key not in ("json_file", "image_root", "name", "evaluator_type")}
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
-        register_coco_instances(name, kept, cleaned, image_root)
+        use_cleaned_dataset(name, report, cleaned_dir)
     return reports
+
+
+def use_cleaned_dataset(name: str, report: ValidationReport, cleaned_dir: str) -> str:
+    """Write ``name``'s JSON without the records ``report`` found bad and re-register ``name`` on
+    that copy (same image root and metadata). Reads the JSON only, no image: ranks that did not
+    validate apply the report of the one that did.
+
+    Returns:
+        The cleaned JSON file (one per rank: machines need not share a file system).
+    """
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets import register_coco_instances
+    from detectron2.utils import comm
+
+    metadata = MetadataCatalog.get(name)
+    os.makedirs(cleaned_dir, exist_ok=True)
+    cleaned = os.path.join(cleaned_dir, f"{name}.rank{comm.get_rank()}.json")
+    summary = filter_coco_json(report.json_file, report, cleaned)
+    logger.warning("Dataset %s now uses %s: %s", name, cleaned, summary)
+    kept = {key: value for key, value in metadata.as_dict().items()
+            if key not in ("json_file", "image_root", "name", "evaluator_type")}
+    DatasetCatalog.remove(name)
+    MetadataCatalog.remove(name)
+    register_coco_instances(name, kept, cleaned, report.image_root)
+    return cleaned

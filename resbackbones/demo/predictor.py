@@ -30,6 +30,8 @@ from detectron2.structures import Instances
 
 from resbackbones.engine.class_names import read_class_names
 
+from resbackbones.engine.devices import resolve_device
+
 from .images import DecodedImage, decode_image
 
 __all__ = [
@@ -76,7 +78,8 @@ def setup_cfg(
         config_file: a Detectron2 config (any meta-architecture; resbackbones keys allowed).
         opts: ``KEY VALUE`` overrides, e.g. ``["MODEL.WEIGHTS", "model_final.pth"]``.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``; ``None`` keeps ``MODEL.DEVICE`` but falls back
-            to the CPU (with a warning) when it asks for CUDA and none is available.
+            to the CPU (with a warning) when it asks for CUDA on a machine without a GPU; on a
+            GPU machine whose CUDA cannot start it raises instead (``resolve_device``).
         score_threshold: if given, the minimum score the model returns (set for ROI heads,
             RetinaNet and panoptic FPN, as in Detectron2's demo).
 
@@ -103,10 +106,8 @@ def setup_cfg(
     cfg.merge_from_list(list(opts))
     if device is not None:
         cfg.MODEL.DEVICE = device
-    elif cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but CUDA is not available: "
-                       "running on the CPU (pass --device cpu to silence this).")
-        cfg.MODEL.DEVICE = "cpu"
+    else:  # CPU without a GPU (warning); a GPU whose CUDA cannot start is an error
+        cfg.MODEL.DEVICE = resolve_device(cfg.MODEL.DEVICE)
     if score_threshold is not None:
         cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = score_threshold
         cfg.MODEL.RETINANET.SCORE_THRESH_TEST = score_threshold
@@ -336,13 +337,25 @@ class DemoPredictor:
         return prediction
 
     def _synchronize(self) -> None:
-        if torch.device(self.cfg.MODEL.DEVICE).type == "cuda":
-            torch.cuda.synchronize()
+        device = torch.device(self.cfg.MODEL.DEVICE)
+        if device.type == "cuda":  # this model's GPU: a bare synchronize() waits on cuda:0
+            torch.cuda.synchronize(device)
+
+
+def _is_retinanet(meta_architecture: str) -> bool:
+    """True for RetinaNet and any subclass registered in ``META_ARCH_REGISTRY``
+    (``ResBackboneRetinaNet``): their class count is ``MODEL.RETINANET.NUM_CLASSES``."""
+    from detectron2.modeling import META_ARCH_REGISTRY
+    from detectron2.modeling.meta_arch.retinanet import RetinaNet
+
+    if meta_architecture not in META_ARCH_REGISTRY:
+        return False
+    registered = META_ARCH_REGISTRY.get(meta_architecture)
+    return isinstance(registered, type) and issubclass(registered, RetinaNet)
 
 
 def _num_classes(cfg: CfgNode) -> Optional[int]:
-    arch = cfg.MODEL.META_ARCHITECTURE
-    if arch == "RetinaNet":
+    if _is_retinanet(cfg.MODEL.META_ARCHITECTURE):
         return int(cfg.MODEL.RETINANET.NUM_CLASSES)
     if "ROI_HEADS" in cfg.MODEL:
         return int(cfg.MODEL.ROI_HEADS.NUM_CLASSES)

@@ -10,7 +10,6 @@ import logging
 import os
 from typing import Dict, List, Optional, Sequence
 
-import torch
 from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
@@ -20,8 +19,15 @@ import resbackbones  # noqa: F401  (registers the backbones)
 from resbackbones.checkpoint.checkpointer import ResBackboneCheckpointer
 from resbackbones.config import build_config
 from resbackbones.data import check_datasets_exist, register_dataset_specs
-from resbackbones.data.validation import validate_registered_datasets
 
+from .devices import resolve_device
+from .distributed import (
+    check_launch_arguments,
+    detect_launch_environment,
+    init_process_group_from_environment,
+    process_group_backend,
+    validate_datasets_on_main_process,
+)
 from .trainer import Trainer, write_run_report
 
 __all__ = ["build_argument_parser", "main", "run", "setup_cfg"]
@@ -40,13 +46,14 @@ def build_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentPars
 def build_cfg(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
     """A fresh config with this project's keys, merged with ``config_file`` and ``opts``.
 
-    On a machine without CUDA, ``MODEL.DEVICE`` "cuda" becomes "cpu" (Detectron2 would crash in
-    the first forward pass, detectron2#300).
+    ``MODEL.DEVICE`` goes through :func:`~resbackbones.engine.devices.resolve_device` for this
+    process's world size: "cuda" on a machine without any GPU becomes "cpu" with a warning in a
+    one-process run (Detectron2 would crash in the first forward pass, detectron2#300); CUDA that
+    cannot start on a GPU machine, or several processes without CUDA and without an explicit
+    ``MODEL.DEVICE cpu``, raise instead of training on the CPU by accident.
     """
     cfg = build_config(config_file, opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
-        logging.getLogger("resbackbones").info("No CUDA device: MODEL.DEVICE set to cpu.")
+    cfg.MODEL.DEVICE = resolve_device(cfg.MODEL.DEVICE, comm.get_world_size())
     return cfg
 
 
@@ -56,27 +63,34 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
     Runs in every process (Detectron2's dataset catalog is per process). Raises before any
     model is built if a dataset is unknown or its files are missing.
     """
-    cuda_missing = not torch.cuda.is_available()
     cfg = build_cfg(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)  # logger, OUTPUT_DIR/config.yaml, seeds
-    log = logging.getLogger("detectron2")
-    if cuda_missing:
-        log.info("No CUDA device found: running on the CPU (MODEL.DEVICE=cpu); "
-                 "--num-gpus N starts N Gloo processes.")
     register_dataset_specs(getattr(args, "dataset", []))
     check_datasets_exist(cfg)
     datasets = list(cfg.DATASETS.TEST) if args.eval_only else (
         list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
-    validate_registered_datasets(datasets, mode=cfg.DATASETS.VALIDATE,
-                                 skip_bad=cfg.DATASETS.SKIP_BAD_RECORDS,
-                                 cleaned_dir=os.path.join(cfg.OUTPUT_DIR, "cleaned_datasets"))
+    # Rank 0 reads the images; every rank gets its outcome (and fails or goes on with it).
+    validate_datasets_on_main_process(datasets, mode=cfg.DATASETS.VALIDATE,
+                                      skip_bad=cfg.DATASETS.SKIP_BAD_RECORDS,
+                                      cleaned_dir=os.path.join(cfg.OUTPUT_DIR, "cleaned_datasets"))
     return cfg
 
 
 def main(args: argparse.Namespace) -> Dict:
-    """Train (or, with ``--eval-only``, evaluate) in one process; returns the COCO results."""
+    """Train (or, with ``--eval-only``, evaluate) in one process; returns the COCO results.
+
+    A job that its launcher restarted (torchrun ``--max-restarts``: TORCHELASTIC_RESTART_COUNT
+    > 0; a requeued SLURM job: SLURM_RESTART_COUNT > 0) resumes from its last checkpoint as if
+    ``--resume`` had been given: a restart must continue the run it restarts, not begin again.
+    """
     cfg = setup_cfg(args)
+    restarts = detect_launch_environment().restart_count
+    if restarts and not args.resume:
+        logging.getLogger("detectron2").info(
+            f"Restart {restarts} of this job: resuming from the last checkpoint in "
+            f"{cfg.OUTPUT_DIR} (as with --resume).")
+        args.resume = True
     if args.eval_only:
         model = Trainer.build_model(cfg)
         ResBackboneCheckpointer(
@@ -94,11 +108,28 @@ def main(args: argparse.Namespace) -> Dict:
 
 
 def run(argv: Optional[List[str]] = None) -> None:
-    """Parse ``argv`` and launch :func:`main` on ``--num-gpus`` processes per machine."""
+    """Parse ``argv`` and run :func:`main` in every process of the job.
+
+    Started by torchrun or by ``srun`` (one task per GPU), this process joins the job's process
+    group (``env://``) and runs :func:`main` itself; otherwise Detectron2's ``launch`` spawns
+    ``--num-gpus`` processes per machine. The device rule is checked before any process starts.
+    """
     args = build_argument_parser().parse_args(argv)
     logging.getLogger("detectron2").info(f"Command line arguments: {args}")
+    launch_env = detect_launch_environment()
+    check_launch_arguments(launch_env, args.num_gpus, args.num_machines, args.machine_rank)
+    world_size = (launch_env.world_size if launch_env.external
+                  else args.num_gpus * args.num_machines)
+    device = build_config(args.config_file, args.opts).MODEL.DEVICE
+    if world_size > 1:  # one process: build_cfg applies (and logs) the rule itself
+        device = resolve_device(device, world_size)
+    if launch_env.external:
+        init_process_group_from_environment(launch_env, device)
+        _main_then_leave_process_group(args)
+        return
     launch(_main_then_leave_process_group, args.num_gpus, num_machines=args.num_machines,
-           machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+           machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,),
+           backend=process_group_backend(device))
 
 
 def _main_then_leave_process_group(args: argparse.Namespace) -> Dict:

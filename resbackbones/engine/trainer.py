@@ -25,6 +25,7 @@ from resbackbones.checkpoint.checkpointer import ResBackboneCheckpointer
 from resbackbones.data.robust_mapper import SkipCorruptedImages
 
 from .class_names import write_class_names
+from .distributed import RankAgreementHook
 from .evaluation import build_coco_evaluator
 from .plots import plot_metrics
 from .visualize import draw_predictions
@@ -156,4 +157,5 @@ class Trainer(DefaultTrainer):
             allow_partial_weights=self.cfg.MODEL.RESBACKBONE.ALLOW_PARTIAL_WEIGHTS)
         hooks = super().build_hooks()
         hooks.append(_RunReportHook())  # after PeriodicWriter: metrics.json is complete
+        hooks.append(RankAgreementHook())  # several processes: same weights on every rank?
         return hooks

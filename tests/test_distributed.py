@@ -1,0 +1,316 @@
+"""Scale-out: torchrun, SLURM and Detectron2's multi-machine flags, and elastic restarts.
+
+The multi-process tests run real Gloo jobs on 127.0.0.1 (one or two "machines" on this host),
+each a few iterations of Mask R-CNN R18-FPN (masks off) on a tiny synthetic set. World size 2
+everywhere, the same seed and data: every launcher must train the very same model as
+``--num-gpus 2`` (identical final weights and logged losses). Each prints its wall time.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from resbackbones.engine.distributed import (
+    DEFAULT_MASTER_PORT,
+    LaunchEnvironment,
+    check_launch_arguments,
+    detect_launch_environment,
+    expand_slurm_nodelist,
+    process_group_backend,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = "configs/quick_schedules/mask_rcnn_R_18_FPN_synthetic_instant_test.yaml"
+TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+# 4 iterations, checkpoints after iterations 2 and 4 (files model_0000001/3.pth, model_final).
+RUN = ["INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "128",
+       "DATASETS.TRAIN", "('dist_train',)", "DATASETS.TEST", "()", "MODEL.MASK_ON", "False",
+       "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.IMS_PER_BATCH", "2",
+       "MODEL.DEVICE", "cpu", "SEED", "7"]
+TIMEOUT_S = 300
+
+
+# --- SLURM host lists and launch environments (no processes) ---------------------------------
+
+@pytest.mark.parametrize("nodelist, hosts", [
+    ("gpu[01-04,07]", ["gpu01", "gpu02", "gpu03", "gpu04", "gpu07"]),
+    ("a[1-2],b3", ["a1", "a2", "b3"]),
+    ("node17", ["node17"]),
+    ("n[008-010]", ["n008", "n009", "n010"]),
+    ("rack[1-2]-gpu[1,3]", ["rack1-gpu1", "rack1-gpu3", "rack2-gpu1", "rack2-gpu3"]),
+    ("x[9-10],y", ["x9", "x10", "y"]),
+])
+def test_slurm_nodelist_expands_like_scontrol(nodelist, hosts):
+    assert expand_slurm_nodelist(nodelist) == hosts
+
+
+@pytest.mark.parametrize("nodelist, message", [
+    ("gpu[01-04", "'[' without ']'"), ("gpu01]", "']' without '['"),
+    ("gpu[4-1]", "runs backwards"), ("gpu[a-b]", "not a number"),
+])
+def test_malformed_slurm_nodelist_is_refused_with_the_list(nodelist, message):
+    with pytest.raises(ValueError) as error:
+        expand_slurm_nodelist(nodelist)
+    assert message in str(error.value) and repr(nodelist) in str(error.value)
+
+
+SRUN_RANK_5_OF_8 = {
+    "SLURM_PROCID": "5", "SLURM_STEP_ID": "0", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1",
+    "SLURM_NODEID": "1", "SLURM_TASKS_PER_NODE": "4(x2)", "SLURM_JOB_NODELIST": "gpu[01-04,07]",
+    "SLURM_JOB_ID": "123456",
+}
+
+
+def test_srun_task_maps_to_rank_local_rank_world_size_and_master():
+    env = detect_launch_environment(SRUN_RANK_5_OF_8)
+    assert env == LaunchEnvironment(
+        kind="slurm", rank=5, local_rank=1, world_size=8, local_world_size=4, node_rank=1,
+        master_addr="gpu01", master_port=DEFAULT_MASTER_PORT + 456, restart_count=0)
+
+
+def test_srun_step_variables_and_exported_master_take_precedence():
+    env = detect_launch_environment({
+        **SRUN_RANK_5_OF_8, "SLURM_STEP_NUM_TASKS": "7", "SLURM_STEP_TASKS_PER_NODE": "2(x3),1",
+        "SLURM_NODEID": "3", "SLURM_LOCALID": "0", "SLURM_STEP_NODELIST": "a[1-2],b3,c[07-08]",
+        "MASTER_PORT": "12345", "SLURM_RESTART_COUNT": "2"})
+    assert (env.world_size, env.local_world_size, env.master_addr, env.master_port,
+            env.restart_count) == (7, 1, "a1", 12345, 2)
+    assert detect_launch_environment({**SRUN_RANK_5_OF_8, "MASTER_ADDR": "10.0.0.9"}
+                                     ).master_addr == "10.0.0.9"
+
+
+def test_batch_script_and_single_task_steps_keep_detectron2s_launcher():
+    batch = {k: v for k, v in SRUN_RANK_5_OF_8.items() if k != "SLURM_STEP_ID"}
+    assert detect_launch_environment({**batch, "SLURM_PROCID": "0"}).kind == "none"
+    assert detect_launch_environment({**SRUN_RANK_5_OF_8, "SLURM_PROCID": "0",
+                                      "SLURM_NTASKS": "1"}).kind == "none"
+    assert detect_launch_environment({}).kind == "none"
+
+
+def test_torchrun_variables_win_over_slurm_and_need_a_master():
+    torchrun = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
+                "GROUP_RANK": "1", "MASTER_ADDR": "node-a", "MASTER_PORT": "29400",
+                "TORCHELASTIC_RESTART_COUNT": "1"}
+    env = detect_launch_environment({**SRUN_RANK_5_OF_8, **torchrun})
+    assert env == LaunchEnvironment(kind="torchrun", rank=3, local_rank=1, world_size=4,
+                                    local_world_size=2, node_rank=1, master_addr="node-a",
+                                    master_port=29400, restart_count=1)
+    with pytest.raises(ValueError, match="MASTER_ADDR"):
+        detect_launch_environment({k: v for k, v in torchrun.items() if k != "MASTER_ADDR"})
+    with pytest.raises(ValueError, match="rank 5 of 4"):
+        detect_launch_environment({**torchrun, "RANK": "5"})
+
+
+def test_detectron2_launcher_flags_under_torchrun_are_refused():
+    env = LaunchEnvironment(kind="torchrun", rank=0, world_size=2, local_world_size=2)
+    with pytest.raises(ValueError) as error:
+        check_launch_arguments(env, num_gpus=8, num_machines=1, machine_rank=0)
+    assert "--num-gpus 8" in str(error.value) and "torchrun --nproc-per-node" in str(error.value)
+    check_launch_arguments(env, num_gpus=1, num_machines=1, machine_rank=0)  # fine
+    check_launch_arguments(LaunchEnvironment(), num_gpus=8, num_machines=2, machine_rank=1)
+
+
+def test_train_net_refuses_num_gpus_inside_torchrun_before_starting_anything(monkeypatch):
+    from resbackbones.engine import launch as launch_module
+
+    for name, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0",
+                        "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": "1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(launch_module, "launch", lambda *a, **k: pytest.fail("spawned"))
+    monkeypatch.setattr(launch_module, "init_process_group_from_environment",
+                        lambda *a, **k: pytest.fail("joined a process group"))
+    with pytest.raises(ValueError, match="--num-gpus 2 given, but this process was started by "
+                                         "torchrun"):
+        launch_module.run(["--config-file", str(REPO / QUICK), "--num-gpus", "2"])
+
+
+def test_backend_follows_the_runs_device():
+    assert process_group_backend("cuda") == process_group_backend("cuda:1") == "nccl"
+    assert process_group_backend("cpu") == "gloo"
+
+
+# --- real multi-process jobs ------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def data_flags(tmp_path_factory):
+    from resbackbones.data import SyntheticSpec, generate_synthetic_coco, synthetic_paths
+
+    root = str(tmp_path_factory.mktemp("dist_data"))
+    generate_synthetic_coco(root, SyntheticSpec(num_train=8, num_val=2, seed=3, height=96,
+                                                width=128))
+    json_file, image_root = synthetic_paths(root, "train")
+    return ["--dataset", f"dist_train={json_file}:{image_root}"]
+
+
+def _environment() -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SLURM_", "TORCHELASTIC_")) and k not in (
+               "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+               "MASTER_PORT", "GROUP_RANK")}
+    return {**env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _train_net(data_flags, output_dir, *flags, extra=()):
+    return ["tools/train_net.py", *flags, "--config-file", QUICK, *data_flags, *RUN,
+            *extra, "OUTPUT_DIR", str(output_dir)]
+
+
+def _run_all(commands, label):
+    """Start the commands together (the "machines"), wait for all; print the wall time."""
+    start = time.perf_counter()
+    processes = [subprocess.Popen(command, cwd=REPO, env=_environment(), text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                 for command in commands]
+    outputs = []
+    try:
+        for process in processes:
+            outputs.append(process.communicate(timeout=TIMEOUT_S)[0])
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    print(f"{label}: {time.perf_counter() - start:.1f} s wall")
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 0, output[-4000:]
+    return outputs
+
+
+def _final_weights(output_dir) -> dict:
+    return torch.load(Path(output_dir) / "model_final.pth", map_location="cpu",
+                      weights_only=False)["model"]
+
+
+def _logged_losses(output_dir) -> list:
+    records = [json.loads(line) for line in open(Path(output_dir) / "metrics.json")]
+    return [(r["iteration"], r["total_loss"]) for r in records if "total_loss" in r]
+
+
+def _assert_same_training(output_dir, reference_dir):
+    losses, reference_losses = _logged_losses(output_dir), _logged_losses(reference_dir)
+    assert [it for it, _ in losses] == [it for it, _ in reference_losses]
+    assert [v for _, v in losses] == pytest.approx([v for _, v in reference_losses], rel=1e-5)
+    weights, reference = _final_weights(output_dir), _final_weights(reference_dir)
+    assert weights.keys() == reference.keys()
+    for name, value in reference.items():
+        torch.testing.assert_close(weights[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+CHECKPOINTS = {"model_0000001.pth", "model_0000003.pth", "model_final.pth"}
+
+
+def _assert_one_set_of_checkpoints(rank0_dir, rank1_dir):
+    """Rank 0 writes every checkpoint; rank 1 (its own OUTPUT_DIR: machines need not share a
+    file system) writes only its log, and both logs say the ranks ended with equal weights."""
+    assert {p.name for p in Path(rank0_dir).glob("*.pth")} == CHECKPOINTS
+    assert sorted(p.name for p in Path(rank1_dir).iterdir()) == ["log.txt.rank1"]
+    for log in (Path(rank0_dir) / "log.txt", Path(rank1_dir) / "log.txt.rank1"):
+        assert "Weights agree on all 2 ranks" in log.read_text(), log
+
+
+@pytest.fixture(scope="module")
+def num_gpus_2_run(data_flags, tmp_path_factory):
+    """The reference: Detectron2's own launcher, --num-gpus 2, on this machine."""
+    output_dir = tmp_path_factory.mktemp("num_gpus_2")
+    _run_all([[sys.executable, *_train_net(data_flags, output_dir, "--num-gpus", "2")]],
+             "--num-gpus 2")
+    return output_dir
+
+
+@pytest.mark.slow
+def test_torchrun_standalone_equals_num_gpus_2(data_flags, num_gpus_2_run, tmp_path):
+    _run_all([[TORCHRUN, "--standalone", "--nproc-per-node", "2",
+               *_train_net(data_flags, tmp_path)]], "torchrun --standalone, 2 procs")
+    _assert_same_training(tmp_path, num_gpus_2_run)
+    log = (tmp_path / "log.txt").read_text()
+    assert "kind='torchrun', rank=0" in log and "local_world_size=2" in log
+
+
+@pytest.mark.slow
+def test_two_machines_through_detectron2_flags(data_flags, num_gpus_2_run, tmp_path):
+    url = f"tcp://127.0.0.1:{_free_port()}"
+    machines = [[sys.executable, *_train_net(
+        data_flags, tmp_path / f"machine{rank}", "--num-machines", "2", "--machine-rank",
+        str(rank), "--dist-url", url)] for rank in (0, 1)]
+    _run_all(machines, "2 machines x 1 process, Detectron2 flags")
+    _assert_one_set_of_checkpoints(tmp_path / "machine0", tmp_path / "machine1")
+    _assert_same_training(tmp_path / "machine0", num_gpus_2_run)
+
+
+@pytest.mark.slow
+def test_two_machines_through_torchrun_c10d_rendezvous(data_flags, num_gpus_2_run, tmp_path):
+    endpoint = f"127.0.0.1:{_free_port()}"
+    machines = [[TORCHRUN, "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+                 "--rdzv-endpoint", endpoint, "--rdzv-id", "resbackbones-test",
+                 "--rdzv-conf", f"is_host={int(node == 0)}", "--local-addr", "127.0.0.1",
+                 *_train_net(data_flags, tmp_path / f"node{node}")] for node in (0, 1)]
+    _run_all(machines, "torchrun --nnodes 2 --nproc-per-node 1, c10d")
+    # The rendezvous, not the command line, decides which node holds rank 0.
+    ranked = sorted((tmp_path / f"node{node}" for node in (0, 1)),
+                    key=lambda d: not (d / "log.txt").exists())
+    _assert_one_set_of_checkpoints(*ranked)
+    _assert_same_training(ranked[0], num_gpus_2_run)
+    assert "node_rank=1" in (ranked[1] / "log.txt.rank1").read_text()
+
+
+@pytest.mark.slow
+def test_elastic_restart_after_sigkill_resumes_from_the_last_checkpoint(data_flags, tmp_path):
+    import psutil
+
+    command = [TORCHRUN, "--standalone", "--nproc-per-node", "2", "--max-restarts", "1",
+               "--monitor-interval", "0.2",
+               *_train_net(data_flags, tmp_path, extra=[
+                   "SOLVER.MAX_ITER", "9", "SOLVER.CHECKPOINT_PERIOD", "3"])]
+    start = time.perf_counter()
+    agent = subprocess.Popen(command, cwd=REPO, env=_environment(), text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    workers = []
+    try:
+        deadline = time.time() + TIMEOUT_S
+        while not (tmp_path / "last_checkpoint").exists():  # the first complete checkpoint
+            assert agent.poll() is None, agent.communicate()[0][-4000:]
+            assert time.time() < deadline
+            time.sleep(0.02)
+        last_at_kill = (tmp_path / "last_checkpoint").read_text()
+        workers = [p for p in psutil.Process(agent.pid).children()
+                   if "train_net.py" in " ".join(p.cmdline())]
+        assert len(workers) == 2
+        workers[-1].send_signal(signal.SIGKILL)
+        output = agent.communicate(timeout=TIMEOUT_S)[0]
+    finally:
+        if agent.poll() is None:  # SIGTERM first: torchrun then stops its workers itself
+            agent.terminate()
+            try:
+                agent.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+        for worker in workers:
+            if worker.is_running():
+                worker.kill()
+    print(f"torchrun --max-restarts 1, one worker SIGKILLed: "
+          f"{time.perf_counter() - start:.1f} s wall")
+    assert agent.returncode == 0, output[-4000:]
+    log = (tmp_path / "log.txt").read_text()
+    assert "Restart 1 of this job: resuming from the last checkpoint" in log
+    # At most one checkpoint period lost: it resumes from the newest checkpoint at the kill (or
+    # the next one, if the kill came while it was being written).
+    resumed_from = int(last_at_kill[len("model_"):-len(".pth")])
+    starts = [int(line.rsplit(" ", 1)[1]) for line in log.splitlines()
+              if "Starting training from iteration" in line]
+    assert starts[0] == 0 and starts[-1] in (resumed_from + 1, resumed_from + 4), starts
+    assert (tmp_path / "model_final.pth").exists()
+    iterations = [it for it, _ in _logged_losses(tmp_path)]
+    assert iterations[-1] == 8
