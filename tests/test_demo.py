@@ -26,6 +26,7 @@ from detectron2.modeling import build_model
 from PIL import Image
 
 from resbackbones.demo import (
+    COCO_MASK_RCNN_R50_FPN_3X,
     TABLE_HEADERS,
     DemoPredictor,
     DetectionDemo,
@@ -337,11 +338,15 @@ def server(model_files):
     config_file, opts = model_files
     port = _free_port()
     log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
+    # The COCO model in the dropdown: an empty cache and a model-zoo URL that refuses
+    # connections, so choosing it shows the offline message and never reaches the internet.
+    offline = {"FVCORE_CACHE": tempfile.mkdtemp(prefix="resbackbones-test-cache-"),
+               "RESBACKBONES_MODEL_ZOO_URL": f"http://127.0.0.1:{_free_port()}/"}
     process = subprocess.Popen(
         [sys.executable, str(REPO / "tools" / "gradio_demo.py"), "--config-file", config_file,
          "--port", str(port), "--confidence-threshold", "0.0", "--opts", *opts],
         stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO),
-        env=dict(os.environ, GRADIO_ANALYTICS_ENABLED="False"))
+        env=dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", **offline))
     url = None
     deadline = time.time() + 180
     while time.time() < deadline and process.poll() is None:
@@ -466,6 +471,19 @@ def test_browser_upload_shows_result(server, tmp_path):
             screenshot = ARTIFACTS / "demo_page.png"
             page.screenshot(path=str(screenshot), full_page=True)
             assert screenshot.stat().st_size > 10_000
+            # Detectron2's COCO model while offline: the page says where to put the file, and
+            # the first model still answers when chosen again.
+            page.locator("#model input").click()
+            page.get_by_role("option", name=COCO_MASK_RCNN_R50_FPN_3X.name).click()
+            status = page.locator("#status")
+            expect(status).to_contain_text("is not available", timeout=60_000)
+            expect(status).to_contain_text("model_final_f10217.pkl")
+            expect(status).to_contain_text("Offline?")
+            expect(result).to_have_count(0, timeout=30_000)  # the other model's result cleared
+            page.screenshot(path=str(ARTIFACTS / "demo_page_offline_model.png"))
+            page.locator("#model input").click()
+            page.get_by_role("option", name="mask_rcnn_R_50_FPN_1x").click()
+            expect(status).to_contain_text("Device:", timeout=60_000)
         finally:
             browser.close()
 

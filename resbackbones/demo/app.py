@@ -111,14 +111,13 @@ class DetectionDemo:
         the others keep working, and choosing it again retries (e.g. once the file is copied).
 
         Returns:
-            ``(class names, None)``, or ``([], Markdown message saying what failed and how to
-            fix it)``.
+            ``(class names, None)``, or ``([], message saying what failed and how to fix it)``.
         """
         try:
             return self.class_names(model_name), None
         except Exception as err:
             logger.warning(f"Model {model_name!r} could not be loaded: {err}")
-            return [], f"**Model {model_name!r} is not available.** {err}"
+            return [], f"Model {model_name!r} is not available: {err}"
 
     def detect(
         self,
@@ -154,7 +153,7 @@ class DetectionDemo:
         except ImageDecodeError as err:
             return DemoResult(None, [], None, str(err), error=True)
         except WeightsUnavailableError as err:  # offline: the message says where to put the file
-            return DemoResult(None, [], None, f"**Model {model_name!r} is not available.** {err}",
+            return DemoResult(None, [], None, f"Model {model_name!r} is not available: {err}",
                               error=True)
         except (ValueError, FileNotFoundError) as err:
             return DemoResult(None, [], None, str(err), error=True)
@@ -342,8 +341,8 @@ def build_app(
         return gr.Dropdown(choices=names, value=[]), gr.skip()
 
     def on_detect_after_switch(upload, model_name, threshold, classes, parts):
-        if not demo.is_built(model_name):  # keep the message on why it is not available
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        if not demo.is_built(model_name):  # clear the other model's result, keep the message
+            return None, empty_table(), None, gr.skip(), None
         return on_detect(upload, model_name, threshold, classes, parts)
 
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as app:
