@@ -201,10 +201,14 @@ def _records(layout: str, root: str, stems: Sequence[str]) -> List[Dict]:
     records = []
     for stem in stems:
         image, mask = by_stem[stem]
-        with Image.open(image) as opened:
-            width, height = opened.size
-        records.append({"file_name": image, "sem_seg_file_name": mask, "image_id": stem,
-                        "height": height, "width": width, "mask_format": mask_format})
+        record = {"file_name": image, "sem_seg_file_name": mask, "image_id": stem,
+                  "mask_format": mask_format}
+        try:
+            with Image.open(image) as opened:
+                record["width"], record["height"] = opened.size
+        except Exception:  # unreadable: the validator reports it before training
+            pass
+        records.append(record)
     return records
 
 
