@@ -279,3 +279,20 @@ def test_offline_message_in_the_demo_and_the_other_model_keeps_working(
     shutil.copyfile(zoo_files["good"], cache)
     names, failure = demo.select_model(COCO.name)
     assert failure is None and names[0] == "person" and demo.is_built(COCO.name)
+
+
+def test_gradio_demo_offers_the_coco_model_with_the_mirror_flag(cache):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "_tool_gradio_demo", os.path.join(REPO, "tools", "gradio_demo.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    dead = _dead_url()
+    args = tool.get_parser().parse_args(["--model-zoo-url", dead])
+    models = {}
+    tool.add_model_zoo_models(models, "cpu", (), args.model_zoo_url)
+    assert list(models) == [COCO.name]
+    with pytest.raises(DownloadError, match="ConnectionRefusedError") as error:
+        models[COCO.name]()  # built on first use: the download from the mirror is tried
+    assert error.value.url == dead + COCO.checkpoint and error.value.destination == cache
