@@ -8,28 +8,40 @@ from __future__ import annotations
 
 import difflib
 import logging
-from typing import List, Sequence, Tuple
 
-from detectron2.config import CfgNode as CN
+import os
+from typing import List, Sequence
 
-from resbackbones.catalog import get_entry, input_normalization, is_timm_name
+from resbackbones._requirements import require_detectron2
+
+require_detectron2("resbackbones.config")
+
+from detectron2.config import CfgNode as CN  # noqa: E402
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.modeling import BACKBONE_REGISTRY  # noqa: E402
+
+from resbackbones.catalog import get_entry, is_timm_name, weights_input_normalization  # noqa: E402
+from resbackbones.errors import ConfigError  # noqa: E402
+from resbackbones.modeling.build import check_input_normalization  # noqa: E402
+from resbackbones.modeling.fpn import check_inference_amp  # noqa: E402
+from resbackbones.modeling.norms import check_norm  # noqa: E402
+from resbackbones.modeling.timm_backbone import (  # noqa: E402
+    check_channels_last,
+    check_freeze_at,
+    check_out_features,
+)
 
 __all__ = [
     "add_resbackbone_config",
     "apply_catalog_input_normalization",
     "build_config",
-    "expected_input_normalization",
     "check_input_normalization",
-    "VALID_NORMS",
     "ConfigError",
     "merge_config_checked",
     "validate_config",
 ]
 
 logger = logging.getLogger(__name__)
-
-# Values MODEL.RESBACKBONE.NORM accepts (Detectron2's spelling).
-VALID_NORMS: Tuple[str, ...] = ("FrozenBN", "BN", "SyncBN", "naiveSyncBN", "GN")
 
 
 def add_resbackbone_config(cfg: CN) -> CN:
@@ -48,8 +60,9 @@ def add_resbackbone_config(cfg: CN) -> CN:
     # Bottom-up outputs to return, a subset of ["res2", "res3", "res4", "res5"]; stages after the
     # last one listed are not built.
     cfg.MODEL.RESBACKBONE.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-    # Normalisation layers of the bottom-up network: "FrozenBN" (needs pretrained weights),
-    # "BN", "SyncBN", "naiveSyncBN" or "GN" (32 groups). Training from scratch: BN/GN/naiveSyncBN.
+    # Normalisation layers of the bottom-up network (valid values: modeling.norms.NORM_CHOICES):
+    # "FrozenBN" (needs pretrained weights), "BN", "SyncBN", "naiveSyncBN" or "GN" (32 groups).
+    # Training from scratch: BN/GN/naiveSyncBN.
     cfg.MODEL.RESBACKBONE.NORM = "FrozenBN"
     # ImageNet weights for the bottom-up network: "" (random init, or MODEL.WEIGHTS provides them),
     # "imagenet" (the catalog entry's pinned timm tag), "timm:<model>.<tag>", or a local
@@ -94,18 +107,6 @@ def add_resbackbone_config(cfg: CN) -> CN:
     return cfg
 
 
-def expected_input_normalization(cfg: CN) -> Tuple[str, List[float], List[float]]:
-    """Return the (INPUT.FORMAT, PIXEL_MEAN, PIXEL_STD) that ``cfg``'s backbone weights expect.
-
-    ``WEIGHTS: "timm:<model>.<tag>"`` uses that tag's statistics; everything else uses the
-    catalog entry's pinned tag (local timm/torchvision ImageNet files use the same statistics).
-    """
-    weights = cfg.MODEL.RESBACKBONE.WEIGHTS
-    if is_timm_name(weights):
-        return input_normalization(weights[len("timm:"):])
-    return input_normalization(cfg.MODEL.RESBACKBONE.ARCH)
-
-
 def apply_catalog_input_normalization(cfg: CN) -> CN:
     """Set INPUT.FORMAT, MODEL.PIXEL_MEAN and MODEL.PIXEL_STD from the catalog (in place).
 
@@ -116,45 +117,12 @@ def apply_catalog_input_normalization(cfg: CN) -> CN:
         The same ``cfg``.
     """
     get_entry(cfg.MODEL.RESBACKBONE.ARCH)  # validates the name with a helpful error
-    input_format, mean, std = expected_input_normalization(cfg)
+    input_format, mean, std = weights_input_normalization(cfg.MODEL.RESBACKBONE.ARCH,
+                                                          cfg.MODEL.RESBACKBONE.WEIGHTS)
     cfg.INPUT.FORMAT = input_format
     cfg.MODEL.PIXEL_MEAN = list(mean)
     cfg.MODEL.PIXEL_STD = list(std)
     return cfg
-
-
-def check_input_normalization(cfg: CN, tolerance: float = 1e-2) -> List[str]:
-    """Warn when the config's input normalisation disagrees with the pretrained weights.
-
-    Wrong mean/std or BGR/RGB does not crash: it silently costs accuracy. Called by the builders
-    whenever ``MODEL.RESBACKBONE.WEIGHTS`` loads pretrained weights.
-
-    Returns:
-        The warning messages (also logged); empty when the config matches.
-    """
-    input_format, mean, std = expected_input_normalization(cfg)
-    problems = []
-    if cfg.INPUT.FORMAT != input_format:
-        problems.append(f"INPUT.FORMAT is {cfg.INPUT.FORMAT!r}, the weights expect "
-                        f"{input_format!r}")
-    for key, want in (("PIXEL_MEAN", mean), ("PIXEL_STD", std)):
-        have = list(cfg.MODEL[key])
-        if len(have) != len(want) or any(abs(h - w) > tolerance for h, w in zip(have, want)):
-            problems.append(f"MODEL.{key} is {have}, the weights expect {want}")
-    messages = []
-    if problems:
-        message = (
-            f"Input normalisation does not match the weights of '{cfg.MODEL.RESBACKBONE.ARCH}' "
-            f"(WEIGHTS={cfg.MODEL.RESBACKBONE.WEIGHTS!r}): " + "; ".join(problems) + ". Call "
-            "resbackbones.config.apply_catalog_input_normalization(cfg) or set these keys."
-        )
-        logger.warning(message)
-        messages.append(message)
-    return messages
-
-
-class ConfigError(ValueError):
-    """A config key or value is invalid; raised before any work starts."""
 
 
 def _all_keys(node: CN, prefix: str = "") -> List[str]:
@@ -179,8 +147,6 @@ def merge_config_checked(cfg: CN, config_file: str = "", opts: Sequence[str] = (
     Returns:
         ``cfg``, merged.
     """
-    import os
-
     if config_file and not os.path.isfile(config_file):
         raise ConfigError(f"Config file not found: {config_file}")
     sources = [(config_file, lambda: cfg.merge_from_file(config_file))] if config_file else []
@@ -211,20 +177,11 @@ def validate_config(cfg: CN) -> CN:
     Returns:
         ``cfg``, unchanged.
     """
-    import os
-
-    from detectron2.modeling import BACKBONE_REGISTRY
-
-    from resbackbones.modeling.fpn import INFERENCE_AMP_CHOICES
-    from resbackbones.modeling.timm_backbone import CHANNELS_LAST_CHOICES
-
     backbone_names = sorted(BACKBONE_REGISTRY._obj_map)
     if cfg.MODEL.BACKBONE.NAME not in backbone_names:
         raise ConfigError(f"MODEL.BACKBONE.NAME {cfg.MODEL.BACKBONE.NAME!r} is not registered; "
                           f"valid: {', '.join(backbone_names)}.")
-    if not 0 <= cfg.MODEL.BACKBONE.FREEZE_AT <= 5:
-        raise ConfigError(f"MODEL.BACKBONE.FREEZE_AT {cfg.MODEL.BACKBONE.FREEZE_AT} is invalid; "
-                          "valid: 0 (nothing) .. 5 (everything).")
+    check_freeze_at(cfg.MODEL.BACKBONE.FREEZE_AT)
     if "RESBACKBONE" not in cfg.MODEL:
         return cfg
     settings = cfg.MODEL.RESBACKBONE
@@ -232,16 +189,11 @@ def validate_config(cfg: CN) -> CN:
         get_entry(settings.ARCH)
     except (KeyError, ValueError) as error:
         raise ConfigError(f"MODEL.RESBACKBONE.ARCH: {error}") from error
-    choices = {"NORM": VALID_NORMS, "CHANNELS_LAST": CHANNELS_LAST_CHOICES,
-               "INFERENCE_AMP": INFERENCE_AMP_CHOICES}
-    for key, valid in choices.items():
-        if settings[key] not in valid:
-            raise ConfigError(f"MODEL.RESBACKBONE.{key} {settings[key]!r} is invalid; valid: "
-                              f"{', '.join(valid)}.")
-    stages = ("res2", "res3", "res4", "res5")
-    if not settings.OUT_FEATURES or any(name not in stages for name in settings.OUT_FEATURES):
-        raise ConfigError(f"MODEL.RESBACKBONE.OUT_FEATURES {list(settings.OUT_FEATURES)} is "
-                          f"invalid; use a non-empty subset of {list(stages)}.")
+    # Each key's owner defines its valid values and its one error message.
+    check_norm(settings.NORM)
+    check_channels_last(settings.CHANNELS_LAST)
+    check_inference_amp(settings.INFERENCE_AMP)
+    check_out_features(settings.OUT_FEATURES)
     weights = settings.WEIGHTS
     looks_local = weights and weights != "imagenet" and "://" not in weights and not (
         is_timm_name(weights))
@@ -268,8 +220,6 @@ def build_config(config_file: str = "", opts: Sequence[str] = ()) -> CN:
     Raises:
         ConfigError: the file is missing, a key is unknown or a value is invalid.
     """
-    from detectron2.config import get_cfg
-
     cfg = get_cfg()
     add_resbackbone_config(cfg)
     merge_config_checked(cfg, config_file, opts)

@@ -12,13 +12,12 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import timm
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_backbone
 from fvcore.nn import FlopCountAnalysis
 from tabulate import tabulate
 
-from resbackbones.catalog import catalog_names, get_entry, input_normalization
-from resbackbones.config import add_resbackbone_config
+from resbackbones.catalog import Family, catalog_names, get_entry, input_normalization
+from resbackbones.config import build_config
 
 __all__ = ["ArchitectureCost", "measure_architecture", "catalog_rows", "format_catalog_table",
            "describe_entry"]
@@ -31,7 +30,7 @@ class ArchitectureCost:
     """Size and cost of one architecture at one input size."""
 
     name: str
-    family: str
+    family: Family
     bottom_up_params: int
     fpn_params: int
     bottom_up_gflops: float
@@ -50,12 +49,11 @@ def measure_architecture(name: str, input_size: Sequence[int] = (800, 1333)) -> 
         name: catalog name.
         input_size: (height, width) before padding to a multiple of 32.
     """
-    cfg = get_cfg()
-    add_resbackbone_config(cfg)
-    cfg.MODEL.BACKBONE.NAME = "build_resbackbone_fpn_backbone"
-    cfg.MODEL.BACKBONE.FREEZE_AT = 0
-    cfg.MODEL.RESBACKBONE.ARCH = name
-    cfg.MODEL.RESBACKBONE.NORM = "BN"
+    # Winograd off: its NNPACK convs are invisible to fvcore, and the table reports the FLOPs of
+    # the network, not of one CPU kernel choice.
+    cfg = build_config("", ["MODEL.BACKBONE.NAME", "build_resbackbone_fpn_backbone",
+                            "MODEL.BACKBONE.FREEZE_AT", 0, "MODEL.RESBACKBONE.ARCH", name,
+                            "MODEL.RESBACKBONE.NORM", "BN", "MODEL.RESBACKBONE.WINOGRAD", False])
     model = build_backbone(cfg).eval()
     height, width = _padded(input_size)
     with torch.no_grad():
@@ -92,7 +90,7 @@ def format_catalog_table(rows: List[ArchitectureCost]) -> str:
     body = []
     for r in rows:
         entry = get_entry(r.name)
-        body.append((r.name, r.family, entry.weight_tag, "/".join(map(str, entry.channels)),
+        body.append((r.name, str(r.family), entry.weight_tag, "/".join(map(str, entry.channels)),
                      f"{r.bottom_up_params / 1e6:.1f}",
                      f"{(r.bottom_up_params + r.fpn_params) / 1e6:.1f}",
                      f"{r.bottom_up_gflops:.1f}", f"{r.total_gflops:.1f}"))
@@ -111,8 +109,8 @@ def describe_entry(name: str) -> str:
     entry = get_entry(name)
     rows = [
         ("name", entry.name),
-        ("family", entry.family),
-        ("in tested catalog", "yes" if entry.tested else "no (timm: name)"),
+        ("family", str(entry.family)),
+        ("in tested catalog", "yes" if entry.in_catalog else "no (timm: name)"),
         ("timm model", entry.timm_name),
         ("ImageNet weights (WEIGHTS 'imagenet')", entry.timm_weights or "none"),
         ("res2..res5 channels", ", ".join(map(str, entry.channels))),

@@ -10,13 +10,12 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 import resbackbones
-from resbackbones.catalog import catalog_names, get_entry
+from resbackbones.catalog import catalog_names, get_entry, one_per_family
 from resbackbones.modeling.norms import NaiveSyncBatchNormAct2d
-from resbackbones.modeling.timm_backbone import TimmResNetBackbone
+from resbackbones.modeling.timm_backbone import TimmBackbone
 from helpers import randomize_norm_statistics
 
-ONE_PER_FAMILY = ["resnet18", "resnet50d", "resnext50_32x4d", "wide_resnet50_2", "seresnet50",
-                  "seresnext50_32x4d", "resnetv2_50", "resnetrs50"]
+ONE_PER_FAMILY = one_per_family()
 
 
 def make_cfg(arch="resnet18", name="build_resbackbone_fpn_backbone", norm="BN", freeze_at=0):
@@ -71,7 +70,7 @@ def test_features_equal_timm_features_only(arch):
     reference = timm.create_model(arch, pretrained=False, features_only=True,
                                   out_indices=(1, 2, 3, 4)).eval()
     randomize_norm_statistics(reference)
-    ours = TimmResNetBackbone(get_entry(arch), norm="BN").eval()
+    ours = TimmBackbone(get_entry(arch), norm="BN").eval()
     # features_only flattens ResNetV2's "stem.conv"/"stages.0" to "stem_conv"/"stages_0"; our
     # body keeps timm's own names.
     state = {_unflatten(k): v for k, v in reference.state_dict().items()}
@@ -134,13 +133,13 @@ def test_freeze_at_matches_detectron2_semantics(arch, freeze_at):
         # the final pre-activation norm belongs to res5 and keeps its ReLU when frozen
         assert isinstance(backbone.body.norm, FrozenBatchNormAct2d)
         assert isinstance(backbone.body.norm.act, nn.ReLU)
-    with pytest.raises(ValueError, match="FREEZE_AT must be 0..5"):
+    with pytest.raises(ValueError, match=r"FREEZE_AT 6 is invalid; valid: 0 \(nothing\) .. 5"):
         backbone.freeze(6)
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnetv2_50"])
 def test_frozen_bn_is_frozen_and_equals_bn_in_eval(arch):
-    bn_backbone = TimmResNetBackbone(get_entry(arch), norm="BN").eval()
+    bn_backbone = TimmBackbone(get_entry(arch), norm="BN").eval()
     randomize_norm_statistics(bn_backbone)
     cfg = make_cfg(arch, "build_resbackbone_backbone", norm="FrozenBN")
     cfg.MODEL.WEIGHTS = "provided-later-by-the-checkpointer.pth"  # FrozenBN needs some weights

@@ -90,12 +90,13 @@ def test_benchmark_tool_runs_and_writes_table(tmp_path):
 @pytest.mark.skipif(not torch._nnpack_available(), reason="this PyTorch build has no NNPACK")
 def test_winograd_convolutions_count_as_the_direct_convolution():
     from resbackbones.benchmark.harness import count_flops
-    from resbackbones.modeling.winograd import use_winograd_convolutions
+    from resbackbones.modeling.winograd import WinogradConv2d, with_winograd_convolutions
 
     conv = torch.nn.Conv2d(16, 8, 3, padding=1)
     images = torch.randn(1, 16, 64, 64)
     with torch.no_grad():
         direct = count_flops(lambda: conv(images))
-        assert use_winograd_convolutions(conv) == 1
-        winograd = count_flops(lambda: conv(images))
+        twin = with_winograd_convolutions(conv)
+        assert type(twin) is WinogradConv2d and twin.weight is conv.weight
+        winograd = count_flops(lambda: twin(images))
     assert direct == winograd == 2 * 16 * 8 * 9 * 64 * 64

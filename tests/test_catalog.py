@@ -15,9 +15,9 @@ from resbackbones.catalog import (
     catalog_names,
     get_entry,
     input_normalization,
+    select_stride_indices,
 )
 from resbackbones.listing import measure_architecture
-from resbackbones.modeling.timm_backbone import select_stride_indices
 
 REQUIRED = {
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet50d", "resnet101d",
@@ -74,7 +74,7 @@ def test_misspelt_name_lists_close_matches():
 
 def test_timm_prefix_entry_is_marked_untested():
     entry = get_entry("timm:resnet26d")
-    assert entry.tested is False and entry.timm_name == "resnet26d"
+    assert entry.in_catalog is False and entry.timm_name == "resnet26d"
     assert entry.channels == (256, 512, 1024, 2048) and entry.strides == (4, 8, 16, 32)
     assert "timm:" not in "".join(CATALOG)
     with pytest.raises(KeyError, match="timm:resnet26d"):

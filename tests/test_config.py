@@ -7,11 +7,11 @@ from detectron2.modeling import BACKBONE_REGISTRY, build_backbone
 import resbackbones
 from resbackbones.catalog import input_normalization
 from resbackbones.config import (
-    VALID_NORMS,
     add_resbackbone_config,
     apply_catalog_input_normalization,
     check_input_normalization,
 )
+from resbackbones.modeling.norms import NORM_CHOICES
 
 
 def test_import_registers_the_three_builders():
@@ -27,7 +27,7 @@ def test_defaults_and_yaml_merge(tmp_path):
     assert keys.ARCH == "resnet50" and keys.NORM == "FrozenBN" and keys.WEIGHTS == ""
     assert keys.OUT_FEATURES == ["res2", "res3", "res4", "res5"]
     assert keys.ALLOW_PARTIAL_WEIGHTS is False
-    assert "FrozenBN" in VALID_NORMS and "naiveSyncBN" in VALID_NORMS
+    assert "FrozenBN" in NORM_CHOICES and "naiveSyncBN" in NORM_CHOICES
     assert "RESBACKBONE" not in get_cfg().MODEL  # no global side effect
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"MODEL": {"RESBACKBONE": {"ARCH": "resnext101_32x8d",

@@ -9,12 +9,11 @@ import torch
 
 from detectron2.config import LazyConfig, instantiate
 from detectron2.modeling import build_model
+from resbackbones import generate as generate_configs
 from resbackbones.catalog import catalog_names, input_normalization
 from resbackbones.engine.launch import build_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tools"))
-import generate_configs  # noqa: E402
 
 YAML_CONFIGS = sorted(os.path.relpath(p, REPO)
                       for p in glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"),

@@ -23,12 +23,12 @@ from resbackbones.checkpoint import (
     WeightsUnavailableError,
     load_backbone_weights,
 )
-from resbackbones.checkpoint.detectron2_names import (
+from resbackbones.weights.detectron2_names import (
     detectron2_to_resbackbones,
     resbackbones_to_detectron2,
 )
 from resbackbones.modeling.detectron2_compat import set_stride_in_1x1
-from resbackbones.modeling.timm_backbone import TimmResNetBackbone
+from resbackbones.modeling.timm_backbone import TimmBackbone
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWINS = os.path.join(REPO, "configs", "Detectron2-ModelZoo")
@@ -322,15 +322,15 @@ def test_model_zoo_name_offline_says_where_to_put_the_file(tmp_path, monkeypatch
 
 
 def test_stride_in_1x1_moves_the_stride_and_refuses_other_blocks():
-    backbone = set_stride_in_1x1(TimmResNetBackbone(get_entry("resnet50"), norm="BN"))
+    backbone = set_stride_in_1x1(TimmBackbone(get_entry("resnet50"), norm="BN"))
     assert backbone.body.layer2[0].conv1.stride == (2, 2)
     assert backbone.body.layer2[0].conv2.stride == (1, 1)
     assert backbone.body.layer1[0].conv1.stride == (1, 1)
     assert backbone(torch.zeros(1, 3, 64, 64))["res5"].shape[-1] == 2
     with pytest.raises(ValueError, match="basic blocks"):
-        set_stride_in_1x1(TimmResNetBackbone(get_entry("resnet18"), norm="BN"))
+        set_stride_in_1x1(TimmBackbone(get_entry("resnet18"), norm="BN"))
     with pytest.raises(ValueError, match="SE-ResNet"):
-        set_stride_in_1x1(TimmResNetBackbone(get_entry("seresnet50"), norm="BN"))
+        set_stride_in_1x1(TimmBackbone(get_entry("seresnet50"), norm="BN"))
 
 
 _ARCH = {(50, 1): "resnet50", (101, 1): "resnet101", (101, 32): "resnext101_32x8d"}
@@ -365,12 +365,8 @@ def test_twin_config_equals_detectron2_model_zoo_config(name):
 
 
 def test_convert_tool_detectron2_to_resbackbones_and_back(tmp_path, mask_rcnn_r50):
-    import importlib.util
+    from resbackbones.checkpoint import convert as tool  # tools/convert_weights.py's main
 
-    spec = importlib.util.spec_from_file_location(
-        "_convert_weights", os.path.join(REPO, "tools", "convert_weights.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
     d2_model, pkl, _, _ = mask_rcnn_r50
     ours = tmp_path / "ours.safetensors"
     back = tmp_path / "back.pth"

@@ -21,13 +21,15 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_backbone, build_model
 
-from resbackbones.catalog import get_entry
+from resbackbones.catalog import Family, get_entry, one_per_family
 from resbackbones.config import add_resbackbone_config
 from resbackbones.modeling.inference import fold_batchnorm
 from helpers import randomize_norm_statistics
 
-ONE_PER_FAMILY = ["resnet18", "resnet50d", "resnext50_32x4d", "seresnet50", "resnetrs50",
-                  "resnetv2_50"]
+# Every block type, without the wide and SE-ResNeXt variants (same blocks, wider: slower in
+# float64).
+ONE_PER_FAMILY = one_per_family([Family.RESNET, Family.RESNET_D, Family.RESNEXT, Family.SE_RESNET,
+                                 Family.RESNET_RS, Family.RESNET_V2])
 
 
 def _relative_error(reference: torch.Tensor, other: torch.Tensor) -> float:
@@ -232,7 +234,11 @@ def _count_nnpack_calls(monkeypatch):
 def test_winograd_conv_layers_match_the_direct_convolution(monkeypatch):
     from detectron2.layers import Conv2d as Detectron2Conv2d
 
-    from resbackbones.modeling.winograd import use_winograd_convolutions
+    from resbackbones.modeling.winograd import (
+        WinogradConv2d,
+        WinogradDetectron2Conv2d,
+        with_winograd_convolutions,
+    )
 
     torch.manual_seed(0)
     layers = torch.nn.Sequential(
@@ -244,7 +250,11 @@ def test_winograd_conv_layers_match_the_direct_convolution(monkeypatch):
     ).eval()
     randomize_norm_statistics(layers)
     direct = copy.deepcopy(layers)
-    assert use_winograd_convolutions(layers) == 2
+    shared = list(layers)  # the Winograd twins must share these modules' parameters
+    assert with_winograd_convolutions(layers) is layers
+    assert [type(layer) for layer in layers][:2] == [WinogradConv2d, WinogradDetectron2Conv2d]
+    assert [type(layer) for layer in layers][2:] == [torch.nn.Conv2d, torch.nn.Conv2d]
+    assert all(layer.weight is original.weight for layer, original in zip(layers, shared))
     assert layers.state_dict().keys() == direct.state_dict().keys()
     calls = _count_nnpack_calls(monkeypatch)
     images = torch.randn(2, 16, 40, 48)
@@ -276,8 +286,7 @@ def test_winograd_keeps_fpn_outputs(monkeypatch):
 def test_parallel_roi_align_is_bit_identical_and_keeps_gradients():
     from detectron2.layers import ROIAlign
 
-    from resbackbones.modeling import roi_align as module
-    from resbackbones.modeling.roi_align import parallelize_roi_align
+    from resbackbones.modeling.roi_align import ParallelROIAlign, with_parallel_roi_align
 
     torch.manual_seed(0)
     features = torch.randn(2, 8, 48, 64)
@@ -287,15 +296,18 @@ def test_parallel_roi_align_is_bit_identical_and_keeps_gradients():
     stock = ROIAlign((7, 7), spatial_scale=1.0, sampling_ratio=0, aligned=True)
     holder = torch.nn.Sequential(ROIAlign((7, 7), spatial_scale=1.0, sampling_ratio=0,
                                           aligned=True))
-    assert parallelize_roi_align(holder) == 1
+    assert with_parallel_roi_align(holder) is holder
     parallel = holder[0]
+    assert type(parallel) is ParallelROIAlign
+    assert (parallel.output_size, parallel.spatial_scale, parallel.sampling_ratio,
+            parallel.aligned) == ((7, 7), 1.0, 0, True)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         with torch.no_grad():
             expected = stock(features, rois)
             assert torch.equal(parallel(features, rois), expected)
-        assert module._executor is not None  # the ROIs were really split over threads
+        assert parallel._executor is not None  # the ROIs were really split over threads
         with torch.inference_mode():
             assert torch.equal(parallel(features, rois), expected)
         # With autograd the stock path runs: same values and gradients.

@@ -23,7 +23,7 @@ from resbackbones.checkpoint import (
     safe_load_pickle,
 )
 from resbackbones.config import check_input_normalization
-from resbackbones.modeling.timm_backbone import TimmResNetBackbone
+from resbackbones.modeling.timm_backbone import TimmBackbone
 from helpers import randomize_norm_statistics
 
 IMAGE = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -45,16 +45,6 @@ def torchvision_features(model, image):
         x = layer(x)
         outputs.append(x)
     return outputs
-
-
-def _load_tool(name):
-    import importlib.util
-
-    path = os.path.join(os.path.dirname(__file__), "..", "tools", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"_tool_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def make_cfg(arch, weights, norm="BN", name="build_resbackbone_backbone"):
@@ -104,7 +94,7 @@ def test_torchvision_checkpoint_round_trip(tmp_path, arch):
     torch.manual_seed(0)
     source = randomize_norm_statistics(getattr(torchvision.models, arch)(weights=None)).eval()
     path = save_state(source.state_dict(), tmp_path / f"{arch}.pth")
-    backbone = TimmResNetBackbone(get_entry(arch), norm="BN").eval()
+    backbone = TimmBackbone(get_entry(arch), norm="BN").eval()
     report = load_backbone_weights(backbone, path)
     assert not report.missing and not report.mismatched and not report.unexpected
     assert sorted(report.classifier) == ["fc.bias", "fc.weight"]
@@ -113,7 +103,7 @@ def test_torchvision_checkpoint_round_trip(tmp_path, arch):
 
 
 def test_wrong_architecture_is_refused_naming_the_mismatch(timm_resnet50_file):
-    backbone = TimmResNetBackbone(get_entry("resnet18"), norm="BN")
+    backbone = TimmBackbone(get_entry("resnet18"), norm="BN")
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
     with pytest.raises(IncompatibleWeightsError) as error:
         load_backbone_weights(backbone, timm_resnet50_file)
@@ -127,7 +117,7 @@ def test_wrong_architecture_is_refused_naming_the_mismatch(timm_resnet50_file):
 def test_deeper_checkpoint_is_refused_even_without_missing_keys(tmp_path):
     source = torchvision.models.resnet34(weights=None)
     path = save_state(source.state_dict(), tmp_path / "resnet34.pth")
-    backbone = TimmResNetBackbone(get_entry("resnet18"), norm="BN")
+    backbone = TimmBackbone(get_entry("resnet18"), norm="BN")
     with pytest.raises(IncompatibleWeightsError, match="resnet34") as error:
         load_backbone_weights(backbone, path)
     assert "layer1.2.conv1.weight" in str(error.value)  # resnet34 has 3 blocks in layer1
@@ -139,7 +129,7 @@ def test_allow_partial_weights_loads_what_matches(tmp_path):
     for key in dropped:
         del state[key]
     path = save_state(state, tmp_path / "partial.pth")
-    backbone = TimmResNetBackbone(get_entry("resnet18"), norm="BN")
+    backbone = TimmBackbone(get_entry("resnet18"), norm="BN")
     with pytest.raises(IncompatibleWeightsError, match="ALLOW_PARTIAL_WEIGHTS"):
         load_backbone_weights(backbone, path)
     report = load_backbone_weights(backbone, path, allow_partial=True)
@@ -150,7 +140,7 @@ def test_allow_partial_weights_loads_what_matches(tmp_path):
 
 def test_group_norm_loads_batchnorm_affine_and_reports_unused_statistics(tmp_path):
     path = save_state(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
-    backbone = TimmResNetBackbone(get_entry("resnet18"), norm="GN")
+    backbone = TimmBackbone(get_entry("resnet18"), norm="GN")
     report = load_backbone_weights(backbone, path)
     assert report.complete and "bn1.running_mean" in report.unused_statistics
 
@@ -171,7 +161,7 @@ def test_frozen_bn_with_local_weights_matches_timm(tmp_path, timm_resnet50):
 
 
 def test_convert_tool_output_loads_with_model_weights(tmp_path):
-    convert_main = _load_tool("convert_weights").main
+    from resbackbones.checkpoint.convert import main as convert_main  # tools/convert_weights.py
     torch.manual_seed(0)
     source = randomize_norm_statistics(torchvision.models.resnet18(weights=None)).eval()
     path = save_state(source.state_dict(), tmp_path / "tv_resnet18.pth")
@@ -236,7 +226,7 @@ def test_partial_caffe2_and_detectron2_resnet_files_are_converted_then_refused(t
                                "res2_0_branch2a_w": np.zeros((64, 64, 1, 1), np.float32)}}, f)
     keys = load_state_dict_file(str(path))
     assert set(keys.tensors) == {"conv1.weight", "layer1.0.conv1.weight"}
-    backbone = TimmResNetBackbone(get_entry("resnet50"), norm="BN")
+    backbone = TimmBackbone(get_entry("resnet50"), norm="BN")
     with pytest.raises(IncompatibleWeightsError, match="missing"):
         load_backbone_weights(backbone, str(path))
     d2 = tmp_path / "d2_r50.pth"
@@ -253,7 +243,7 @@ def test_offline_imagenet_says_how_to_pass_a_local_file(monkeypatch, tmp_path):
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    backbone = TimmResNetBackbone(get_entry("resnet18"), norm="BN")
+    backbone = TimmBackbone(get_entry("resnet18"), norm="BN")
     with pytest.raises(WeightsUnavailableError) as error:
         load_backbone_weights(backbone, "imagenet")
     message = str(error.value)
@@ -261,12 +251,12 @@ def test_offline_imagenet_says_how_to_pass_a_local_file(monkeypatch, tmp_path):
 
 
 def test_timm_weights_for_another_architecture_are_refused():
-    backbone = TimmResNetBackbone(get_entry("resnet18"), norm="BN")
+    backbone = TimmBackbone(get_entry("resnet18"), norm="BN")
     with pytest.raises(IncompatibleWeightsError, match="timm:resnet18.<tag>"):
         load_backbone_weights(backbone, "timm:resnet50.a1_in1k")
 
 
 def test_missing_file_error_names_the_key(tmp_path):
-    backbone = TimmResNetBackbone(get_entry("resnet18"), norm="BN")
+    backbone = TimmBackbone(get_entry("resnet18"), norm="BN")
     with pytest.raises(FileNotFoundError, match="MODEL.RESBACKBONE.WEIGHTS"):
         load_backbone_weights(backbone, str(tmp_path / "nope.pth"))

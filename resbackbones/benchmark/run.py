@@ -12,9 +12,18 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import timm
 import torch
+from safetensors.torch import save_file
 
-from resbackbones.checkpoint.detectron2_names import resbackbones_to_detectron2
+from resbackbones.catalog import CATALOG, get_entry
+from resbackbones.config import (
+    apply_catalog_input_normalization,
+    build_config,
+    merge_config_checked,
+    validate_config,
+)
+from resbackbones.weights.detectron2_names import resbackbones_to_detectron2
 from resbackbones.benchmark.contenders import (
     Contender,
     detection_agreement,
@@ -40,21 +49,6 @@ REFERENCE = "detectron2 built-in"
 # Our backbone under Detectron2's own GeneralizedRCNN: separates what the backbone gains from
 # what ResBackboneRCNN's head speed-ups add. Training is the same code, so it is not re-timed.
 STOCK_HEADS = "resbackbones, stock GeneralizedRCNN"
-
-# Detectron2's built-in ResNet settings (MODEL.RESNETS.*) of the same network as a catalog entry:
-# depth, groups, width per group, res2 channels. Stride in the 3x3 conv, as timm/torchvision.
-BUILTIN_TWINS: Dict[str, Tuple[int, int, int, int]] = {
-    "resnet18": (18, 1, 64, 64),
-    "resnet34": (34, 1, 64, 64),
-    "resnet50": (50, 1, 64, 256),
-    "resnet101": (101, 1, 64, 256),
-    "resnet152": (152, 1, 64, 256),
-    "resnext50_32x4d": (50, 32, 4, 256),
-    "resnext101_32x4d": (101, 32, 4, 256),
-    "resnext101_32x8d": (101, 32, 8, 256),
-    "resnext101_64x4d": (101, 64, 4, 256),
-}
-
 
 @dataclass
 class BenchmarkSettings:
@@ -94,11 +88,6 @@ def _save_random_timm_weights(arch: str, directory: str) -> str:
     The benchmark loads it through ``MODEL.RESBACKBONE.WEIGHTS`` exactly as a user loads
     downloaded weights, which is also what allows FrozenBN (frozen BN needs weights).
     """
-    import timm
-    from safetensors.torch import save_file
-
-    from resbackbones.catalog import get_entry
-
     model = timm.create_model(get_entry(arch).timm_name, pretrained=False)
     path = os.path.join(directory, f"{arch}_random.safetensors")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
@@ -107,17 +96,11 @@ def _save_random_timm_weights(arch: str, directory: str) -> str:
 
 def resbackbones_config(settings: BenchmarkSettings, weights_file: str):
     """The config of our contender: the config file, ``arch`` and ``opts`` applied."""
-    from detectron2.config import get_cfg
-
-    from resbackbones.config import add_resbackbone_config, apply_catalog_input_normalization
-
-    cfg = get_cfg()
-    add_resbackbone_config(cfg)
-    cfg.merge_from_file(settings.config_file)
+    arch = ["MODEL.RESBACKBONE.ARCH", settings.arch] if settings.arch else []
+    cfg = build_config(settings.config_file, arch)
     if settings.arch:
-        cfg.MODEL.RESBACKBONE.ARCH = settings.arch
         apply_catalog_input_normalization(cfg)
-    cfg.merge_from_list(list(settings.opts))
+    validate_config(merge_config_checked(cfg, "", settings.opts))
     cfg.MODEL.RESBACKBONE.WEIGHTS = weights_file
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.DEVICE = settings.device
@@ -136,10 +119,12 @@ def stock_heads_config(ours):
 def builtin_twin_config(ours):
     """Detectron2's built-in R-CNN FPN config with the same network, heads and thresholds."""
     arch = ours.MODEL.RESBACKBONE.ARCH
-    if arch not in BUILTIN_TWINS:
+    twin = get_entry(arch).detectron2_twin
+    if twin is None:
+        with_twins = [name for name, entry in CATALOG.items() if entry.detectron2_twin]
         raise ValueError(f"Detectron2's built-in ResNet has no twin of '{arch}'; choose one of "
-                         f"{sorted(BUILTIN_TWINS)} for a comparison.")
-    depth, groups, width_per_group, res2_channels = BUILTIN_TWINS[arch]
+                         f"{with_twins} for a comparison.")
+    depth, groups, width_per_group, res2_channels = twin
     cfg = stock_heads_config(ours)
     cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
     cfg.MODEL.RESNETS.DEPTH = depth

@@ -1,18 +1,20 @@
-"""Weight files: safe reading, key conversion, loading with a report, and conversion."""
+"""Whole-detector checkpoints: Detectron2's checkpointer with name conversion, safe reading and
+atomic writes, and weight-file conversion. Backbone weight files themselves are read by
+:mod:`resbackbones.weights`, whose public names are re-exported here for convenience.
+"""
 from resbackbones.checkpoint.checkpointer import ResBackboneCheckpointer, resolve_checkpoint_path
-from resbackbones.checkpoint.files import (
-    UnsupportedCheckpointError,
-    load_state_dict_file,
-    to_backbone_names,
-)
-from resbackbones.checkpoint.loader import (
+from resbackbones.weights import (
     IncompatibleWeightsError,
+    UnsafePickleError,
+    UnsupportedCheckpointError,
     WeightLoadReport,
     WeightsUnavailableError,
     load_backbone_weights,
+    load_state_dict_file,
     resolve_weights,
+    safe_load_pickle,
+    to_backbone_names,
 )
-from resbackbones.checkpoint.safe_pickle import UnsafePickleError, safe_load_pickle
 
 __all__ = [
     "IncompatibleWeightsError",

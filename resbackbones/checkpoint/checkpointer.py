@@ -33,20 +33,21 @@ from detectron2.utils.file_io import PathManager
 from torch import nn
 
 from resbackbones.checkpoint.atomic import AtomicSaveMixin
-from resbackbones.checkpoint.detectron2_names import (
+from resbackbones.modeling.timm_backbone import TimmBackbone
+from resbackbones.weights.detectron2_names import (
     caffe2_to_timm_names,
     detectron2_to_resbackbones,
     fill_caffe2_statistics,
     has_caffe2_names,
 )
-from resbackbones.checkpoint.files import CheckpointKeys
-from resbackbones.checkpoint.loader import (
+from resbackbones.weights.files import CheckpointKeys
+from resbackbones.weights.loader import (
     WeightsUnavailableError,
     _full_architecture_keys,
     check_weight_report,
     compare_state_dicts,
 )
-from resbackbones.checkpoint.safe_pickle import safe_load_pickle
+from resbackbones.weights.safe_pickle import safe_load_pickle
 
 __all__ = ["ResBackboneCheckpointer", "DETECTRON2_URL_PREFIX", "resolve_checkpoint_path"]
 
@@ -115,11 +116,9 @@ def _read_torch_file(filename: str) -> Any:
 
 
 def _backbone_bodies(model: nn.Module) -> Dict[str, nn.Module]:
-    """``{"backbone.bottom_up.": TimmResNetBackbone}`` for every resbackbones backbone."""
-    from resbackbones.modeling.timm_backbone import TimmResNetBackbone
-
+    """``{"backbone.bottom_up.": TimmBackbone}`` for every resbackbones backbone."""
     return {(name + "." if name else ""): module for name, module in model.named_modules()
-            if isinstance(module, TimmResNetBackbone)}
+            if isinstance(module, TimmBackbone)}
 
 
 class ResBackboneCheckpointer(AtomicSaveMixin, DetectionCheckpointer):

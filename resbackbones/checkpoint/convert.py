@@ -6,15 +6,22 @@ this writes always fits the architecture it names.
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import pickle
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 
 from resbackbones.catalog import get_entry
-from resbackbones.checkpoint.loader import WeightLoadReport, load_backbone_weights
+from resbackbones.checkpoint.checkpointer import ResBackboneCheckpointer
+from resbackbones.modeling.timm_backbone import TimmBackbone
+from resbackbones.weights.detectron2_names import (
+    detectron2_to_resbackbones,
+    resbackbones_to_detectron2,
+)
+from resbackbones.weights.loader import WeightLoadReport, load_backbone_weights
 
 __all__ = ["DETECTRON2_FPN_PREFIX", "convert_checkpoint_names", "convert_to_detectron2",
            "OUTPUT_FORMATS"]
@@ -63,10 +70,8 @@ def convert_to_detectron2(
     Returns:
         The load report.
     """
-    from resbackbones.modeling.timm_backbone import TimmResNetBackbone
-
     fmt = _output_format(output, output_format)
-    backbone = TimmResNetBackbone(get_entry(arch), norm="BN")
+    backbone = TimmBackbone(get_entry(arch), norm="BN")
     report = load_backbone_weights(backbone, source, allow_partial=allow_partial)
     state: Dict[str, torch.Tensor] = {
         prefix + key: value.detach().contiguous()
@@ -125,12 +130,6 @@ def convert_checkpoint_names(
         ValueError: nothing to rename, or (to Detectron2) backbone layers Detectron2's ResNet does
             not have (ResNet-D stems, SE modules...), named in the message.
     """
-    from resbackbones.checkpoint.checkpointer import ResBackboneCheckpointer
-    from resbackbones.checkpoint.detectron2_names import (
-        detectron2_to_resbackbones,
-        resbackbones_to_detectron2,
-    )
-
     fmt = _output_format(output, output_format)
     data = ResBackboneCheckpointer(torch.nn.Module())._load_file(source)
     state = {k: torch.as_tensor(v) for k, v in data["model"].items()}
@@ -157,3 +156,45 @@ def convert_checkpoint_names(
     logger.info(f"Renamed {count} backbone tensors to {to} names; wrote {len(state)} tensors to "
                 f"{output} ({fmt}).")
     return count
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """The ``tools/convert_weights.py`` command line; returns its exit code."""
+    from detectron2.utils.logger import setup_logger
+
+    parser = argparse.ArgumentParser(
+        description="Convert backbone or detector weights between timm/torchvision, "
+                    "Detectron2 and resbackbones names.")
+    parser.add_argument("--arch", help="catalog name, e.g. resnet50 (ImageNet backbone input)")
+    parser.add_argument("--from", dest="source_names", choices=("imagenet", "detectron2",
+                                                                "resbackbones"),
+                        default="imagenet", help="naming of --input: an ImageNet backbone "
+                        "(timm/torchvision/Caffe2, default) or a whole detector checkpoint")
+    parser.add_argument("--to", dest="target_names", choices=("resbackbones", "detectron2"),
+                        default="resbackbones", help="naming of --output for detector "
+                        "checkpoints")
+    parser.add_argument("--input", required=True,
+                        help="timm/torchvision .safetensors/.pth/.bin, 'imagenet' or "
+                             "'timm:<model>.<tag>'")
+    parser.add_argument("--output", required=True, help="output .pth (default), .safetensors, .pkl")
+    parser.add_argument("--format", choices=OUTPUT_FORMATS, default=None,
+                        help="output format (default: from --output's extension; pkl only "
+                             "when given here)")
+    parser.add_argument("--prefix", default=DETECTRON2_FPN_PREFIX,
+                        help="key prefix (default fits the FPN builders; 'backbone.body.' for "
+                             "build_resbackbone_backbone)")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="write even if some backbone keys stay random")
+    args = parser.parse_args(argv)
+    setup_logger(name="resbackbones", abbrev_name="rb")
+    if args.source_names != "imagenet":
+        if args.source_names == args.target_names:
+            parser.error("--from and --to name the same naming; nothing to convert.")
+        convert_checkpoint_names(args.input, args.output, args.target_names,
+                                 output_format=args.format, body_prefix=args.prefix)
+        return 0
+    if not args.arch:
+        parser.error("--arch is required for ImageNet backbone files.")
+    convert_to_detectron2(args.input, args.arch, args.output, prefix=args.prefix,
+                          output_format=args.format, allow_partial=args.allow_partial)
+    return 0

@@ -1,7 +1,8 @@
 """Datasets: the synthetic shapes set and COCO-format registration with early file checks.
 
-Importing this package registers ``synthetic_shapes_train`` / ``synthetic_shapes_val`` lazily
-under ``$DETECTRON2_DATASETS/synthetic_shapes`` (like Detectron2's builtin ``coco_2017_*``).
+Importing this package registers nothing: ``register_known_datasets`` (called by the trainer
+for the names its config uses) registers ``synthetic_shapes_train`` / ``synthetic_shapes_val``
+lazily under ``$DETECTRON2_DATASETS/synthetic_shapes``.
 """
 from .datasets import (
     SYNTHETIC_DATASET_NAME,
@@ -10,10 +11,10 @@ from .datasets import (
     parse_dataset_spec,
     register_coco_dataset,
     register_dataset_specs,
+    register_known_datasets,
     register_synthetic,
 )
 from .synthetic import SHAPE_CLASSES, SyntheticSpec, generate_synthetic_coco, synthetic_paths
 
-register_synthetic()
 
 __all__ = [k for k in globals().keys() if not k.startswith("_")]

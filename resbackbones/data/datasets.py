@@ -23,6 +23,7 @@ __all__ = [
     "parse_dataset_spec",
     "register_coco_dataset",
     "register_dataset_specs",
+    "register_known_datasets",
     "register_synthetic",
 ]
 
@@ -112,6 +113,24 @@ def register_synthetic(root: str | None = None, name: str = SYNTHETIC_DATASET_NA
         register_coco_dataset(f"{name}_{split}", json_file, image_root, SHAPE_CLASSES)
         names.append(f"{name}_{split}")
     return names
+
+
+def register_known_datasets(dataset_names: Iterable[str]) -> List[str]:
+    """Register the project's own data sets among ``dataset_names`` that are not registered yet.
+
+    Detectron2 registers its builtin sets (``coco_2017_*``) at import; the synthetic shapes
+    splits (``synthetic_shapes_train``/``_val``) are registered here, by the code that uses them
+    (the trainer, the quickstart), never at ``import resbackbones``. Names registered already
+    (e.g. by ``--dataset``) are left alone.
+
+    Returns:
+        The names registered by this call.
+    """
+    registered = set(DatasetCatalog.list())
+    wanted = {f"{SYNTHETIC_DATASET_NAME}_{split}" for split in ("train", "val")}
+    if any(name in wanted and name not in registered for name in dataset_names):
+        return [name for name in register_synthetic() if name not in registered]
+    return []
 
 
 def _missing_message(name: str, path: str, kind: str) -> str:

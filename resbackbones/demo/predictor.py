@@ -10,8 +10,6 @@ detections are identical; a test checks it.
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
 import os
 import time
@@ -20,16 +18,16 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from resbackbones.checkpoint.checkpointer import ResBackboneCheckpointer
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
+from resbackbones.checkpoint import ResBackboneCheckpointer
+from resbackbones.config import build_config
 from resbackbones.engine.class_names import read_class_names
-
 from resbackbones.engine.devices import resolve_device
 
 from .images import DecodedImage, decode_image
@@ -37,34 +35,11 @@ from .images import DecodedImage, decode_image
 __all__ = [
     "DemoPredictor",
     "Prediction",
-    "import_resbackbones_extensions",
     "model_name_from_config",
     "setup_cfg",
 ]
 
 logger = logging.getLogger(__name__)
-
-# Modules of this package that register things when imported: backbones (BACKBONE_REGISTRY),
-# the config keys, and the datasets whose metadata carries the class names.
-_EXTENSION_MODULES = ("resbackbones.config", "resbackbones.modeling", "resbackbones.data")
-
-
-def import_resbackbones_extensions() -> List[str]:
-    """Import the resbackbones modules that register backbones, config keys and datasets.
-
-    Modules that do not exist (yet) are skipped; an error inside an existing module is raised,
-    because hiding it would turn into a confusing "Non-existent config key" later.
-
-    Returns:
-        The names of the modules imported.
-    """
-    imported = []
-    for module in _EXTENSION_MODULES:
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module)
-            imported.append(module)
-    return imported
-
 
 def setup_cfg(
     config_file: str,
@@ -97,13 +72,7 @@ def setup_cfg(
         )
     if len(opts) % 2:
         raise ValueError(f"--opts needs KEY VALUE pairs, got an odd number of items: {list(opts)}")
-    import_resbackbones_extensions()
-    cfg = get_cfg()
-    add_config = _optional_attr("resbackbones.config", "add_resbackbone_config")
-    if add_config is not None:
-        add_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    cfg = build_config(config_file, opts)
     if device is not None:
         cfg.MODEL.DEVICE = device
     else:  # CPU without a GPU (warning); a GPU whose CUDA cannot start is an error
@@ -123,12 +92,6 @@ def model_name_from_config(config_file: str) -> str:
         parent = os.path.basename(os.path.dirname(os.path.abspath(config_file)))
         return parent or stem
     return stem
-
-
-def _optional_attr(module: str, name: str) -> Any:
-    if importlib.util.find_spec(module) is None:
-        return None
-    return getattr(importlib.import_module(module), name, None)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from detectron2.utils import comm
 import resbackbones  # noqa: F401  (registers the backbones)
 from resbackbones.checkpoint.checkpointer import ResBackboneCheckpointer
 from resbackbones.config import build_config
-from resbackbones.data import check_datasets_exist, register_dataset_specs
+from resbackbones.data import check_datasets_exist, register_dataset_specs, register_known_datasets
 
 from .devices import resolve_device
 from .distributed import (
@@ -67,6 +67,7 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
     cfg.freeze()
     default_setup(cfg, args)  # logger, OUTPUT_DIR/config.yaml, seeds
     register_dataset_specs(getattr(args, "dataset", []))
+    register_known_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
     check_datasets_exist(cfg)
     datasets = list(cfg.DATASETS.TEST) if args.eval_only else (
         list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
@@ -85,7 +86,10 @@ def main(args: argparse.Namespace) -> Dict:
     ``--resume`` had been given: a restart must continue the run it restarts, not begin again.
     """
     cfg = setup_cfg(args)
-    restarts = detect_launch_environment().restart_count
+    launch_env = detect_launch_environment()
+    if launch_env.external:
+        logging.getLogger("detectron2").info(f"Started by {launch_env}.")
+    restarts = launch_env.restart_count
     if restarts and not args.resume:
         logging.getLogger("detectron2").info(
             f"Restart {restarts} of this job: resuming from the last checkpoint in "

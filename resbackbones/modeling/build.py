@@ -18,17 +18,18 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, FPN, Backbone
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 
-from resbackbones.catalog import get_entry
-from resbackbones.checkpoint.loader import load_backbone_weights
-from resbackbones.config import VALID_NORMS, check_input_normalization
-from resbackbones.modeling.fpn import ResBackboneFPN
+from resbackbones.catalog import get_entry, weights_input_normalization
 from resbackbones.modeling.detectron2_compat import set_stride_in_1x1
-from resbackbones.modeling.timm_backbone import TimmResNetBackbone
+from resbackbones.modeling.fpn import ResBackboneFPN
+from resbackbones.modeling.norms import check_norm
+from resbackbones.modeling.timm_backbone import TimmBackbone
+from resbackbones.weights.loader import load_backbone_weights
 
 __all__ = [
     "build_resbackbone_backbone",
     "build_resbackbone_fpn_backbone",
     "build_resbackbone_retinanet_fpn_backbone",
+    "check_input_normalization",
 ]
 
 logger = logging.getLogger(__name__)
@@ -41,10 +42,7 @@ def _check_config(cfg: CfgNode) -> None:
     if "RESBACKBONE" not in cfg.MODEL:
         raise KeyError("cfg.MODEL.RESBACKBONE is missing: call "
                        "resbackbones.add_resbackbone_config(cfg) before merging the YAML file.")
-    norm = cfg.MODEL.RESBACKBONE.NORM
-    if norm not in VALID_NORMS:
-        raise ValueError(f"MODEL.RESBACKBONE.NORM {norm!r} is invalid; valid: "
-                         f"{', '.join(VALID_NORMS)}.")
+    norm = check_norm(cfg.MODEL.RESBACKBONE.NORM)
     has_weights = bool(cfg.MODEL.RESBACKBONE.WEIGHTS) or bool(cfg.MODEL.WEIGHTS)
     if norm == "FrozenBN" and not has_weights:
         raise ValueError(
@@ -59,8 +57,40 @@ def _check_config(cfg: CfgNode) -> None:
             "from scratch.")
 
 
+def check_input_normalization(cfg: CfgNode, tolerance: float = 1e-2) -> List[str]:
+    """Warn when the config's input normalisation disagrees with the pretrained weights.
+
+    Wrong mean/std or BGR/RGB does not crash: it silently costs accuracy. Called by the builders
+    whenever ``MODEL.RESBACKBONE.WEIGHTS`` loads pretrained weights.
+
+    Returns:
+        The warning messages (also logged); empty when the config matches.
+    """
+    input_format, mean, std = weights_input_normalization(cfg.MODEL.RESBACKBONE.ARCH,
+                                                          cfg.MODEL.RESBACKBONE.WEIGHTS)
+    problems = []
+    if cfg.INPUT.FORMAT != input_format:
+        problems.append(f"INPUT.FORMAT is {cfg.INPUT.FORMAT!r}, the weights expect "
+                        f"{input_format!r}")
+    for key, want in (("PIXEL_MEAN", mean), ("PIXEL_STD", std)):
+        have = list(cfg.MODEL[key])
+        if len(have) != len(want) or any(abs(h - w) > tolerance for h, w in zip(have, want)):
+            problems.append(f"MODEL.{key} is {have}, the weights expect {want}")
+    messages = []
+    if problems:
+        message = (
+            f"Input normalisation does not match the weights of '{cfg.MODEL.RESBACKBONE.ARCH}' "
+            f"(WEIGHTS={cfg.MODEL.RESBACKBONE.WEIGHTS!r}): " + "; ".join(problems) + ". Call "
+            "resbackbones.config.apply_catalog_input_normalization(cfg) or set these keys."
+        )
+        logger.warning(message)
+        messages.append(message)
+    return messages
+
+
 @BACKBONE_REGISTRY.register()
-def build_resbackbone_backbone(cfg: CfgNode, input_shape: Optional[ShapeSpec] = None) -> Backbone:
+def build_resbackbone_backbone(cfg: CfgNode, input_shape: Optional[ShapeSpec] = None,
+                               *, return_channels_last: bool = False) -> Backbone:
     """Build the bottom-up backbone (res2..res5) from ``MODEL.RESBACKBONE``.
 
     Order: timm model -> norm conversion -> pretrained weights (with report) -> freezing.
@@ -68,9 +98,10 @@ def build_resbackbone_backbone(cfg: CfgNode, input_shape: Optional[ShapeSpec] = 
     Args:
         cfg: config with ``MODEL.RESBACKBONE`` (see ``add_resbackbone_config``).
         input_shape: Detectron2's input ShapeSpec; only 3-channel input is supported.
+        return_channels_last: for the FPN builders (see :class:`TimmBackbone`).
 
     Returns:
-        a :class:`TimmResNetBackbone`.
+        a :class:`TimmBackbone`.
     """
     _check_config(cfg)
     if input_shape is not None and input_shape.channels not in (None, 3):
@@ -78,13 +109,14 @@ def build_resbackbone_backbone(cfg: CfgNode, input_shape: Optional[ShapeSpec] = 
                          f"{input_shape.channels} values.")
     settings = cfg.MODEL.RESBACKBONE
     entry = get_entry(settings.ARCH)
-    if not entry.tested:
+    if not entry.in_catalog:
         logger.warning(f"Architecture '{settings.ARCH}' is outside the tested catalog.")
-    backbone = TimmResNetBackbone(
+    backbone = TimmBackbone(
         entry, out_features=settings.OUT_FEATURES, norm=settings.NORM,
         channels_last=settings.CHANNELS_LAST,
         fold_bn_for_inference=settings.FOLD_BN_FOR_INFERENCE,
         compile_for_inference=settings.COMPILE,
+        return_channels_last=return_channels_last,
     )
     if settings.STRIDE_IN_1X1:
         set_stride_in_1x1(backbone)
@@ -116,8 +148,7 @@ def build_resbackbone_fpn_backbone(cfg: CfgNode, input_shape: Optional[ShapeSpec
     Returns:
         Detectron2's :class:`FPN` (``size_divisibility`` 32).
     """
-    bottom_up = build_resbackbone_backbone(cfg, input_shape)
-    bottom_up.return_channels_last = True
+    bottom_up = build_resbackbone_backbone(cfg, input_shape, return_channels_last=True)
     return ResBackboneFPN(
         bottom_up=bottom_up,
         in_features=_fpn_in_features(cfg, bottom_up, _FPN_DEFAULT_IN_FEATURES),
@@ -141,8 +172,7 @@ def build_resbackbone_retinanet_fpn_backbone(
     Returns:
         Detectron2's :class:`FPN`.
     """
-    bottom_up = build_resbackbone_backbone(cfg, input_shape)
-    bottom_up.return_channels_last = True
+    bottom_up = build_resbackbone_backbone(cfg, input_shape, return_channels_last=True)
     if "res5" not in bottom_up.output_shape():
         raise ValueError("The RetinaNet FPN computes P6/P7 from res5: add 'res5' to "
                          "MODEL.RESBACKBONE.OUT_FEATURES.")

@@ -19,11 +19,13 @@ from typing import List, Tuple
 from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 
+from resbackbones.catalog import Family
+
 __all__ = ["STRIDE_IN_1X1_FAMILIES", "set_stride_in_1x1"]
 
 # Catalog families whose blocks are Detectron2's BottleneckBlock (plain 1x1-3x3-1x1, no SE, no
 # anti-aliasing, 1x1-conv shortcut), so that STRIDE_IN_1X1 has Detectron2's meaning.
-STRIDE_IN_1X1_FAMILIES: Tuple[str, ...] = ("ResNet", "ResNeXt", "Wide ResNet")
+STRIDE_IN_1X1_FAMILIES: Tuple[Family, ...] = (Family.RESNET, Family.RESNEXT, Family.WIDE_RESNET)
 
 
 def _stages(body: nn.Module) -> List[nn.Module]:
@@ -38,7 +40,7 @@ def set_stride_in_1x1(backbone: nn.Module) -> nn.Module:
     resbackbones by ``MODEL.RESBACKBONE.STRIDE_IN_1X1``. Parameter names and shapes do not change.
 
     Args:
-        backbone: a :class:`~resbackbones.modeling.TimmResNetBackbone` (its ``body`` is changed in
+        backbone: a :class:`~resbackbones.modeling.TimmBackbone` (its ``body`` is changed in
             place).
 
     Returns:
@@ -57,12 +59,12 @@ def set_stride_in_1x1(backbone: nn.Module) -> nn.Module:
             f"MODEL.RESBACKBONE.STRIDE_IN_1X1 is True, but '{entry.name}' uses basic blocks "
             "(two 3x3 convs, no 1x1 conv). Detectron2 ignores the key for ResNet-18/34; set it "
             "False.")
-    plain = entry.family in STRIDE_IN_1X1_FAMILIES and entry.tested
+    plain = entry.family in STRIDE_IN_1X1_FAMILIES and entry.in_catalog
     if not plain or not blocks or not all(_is_plain_bottleneck(block) for block in blocks):
         raise ValueError(
             f"MODEL.RESBACKBONE.STRIDE_IN_1X1 is True, but '{entry.name}' (family "
             f"'{entry.family}') is not one of Detectron2's bottleneck ResNets. It applies to the "
-            f"catalog families {', '.join(STRIDE_IN_1X1_FAMILIES)} (e.g. resnet50, resnet101, "
+            f"catalog families {', '.join(map(str, STRIDE_IN_1X1_FAMILIES))} (e.g. resnet50, resnet101, "
             "resnext101_32x8d); set it False for other architectures.")
     for stage in stages:
         block = stage[0]

@@ -11,12 +11,19 @@ from typing import Dict, Optional
 import torch
 from detectron2.modeling import FPN
 
-from resbackbones.modeling.winograd import use_winograd_convolutions
+from resbackbones.errors import check_choice
+from resbackbones.modeling.winograd import with_winograd_convolutions
 
-__all__ = ["ResBackboneFPN", "INFERENCE_AMP_CHOICES", "inference_autocast_dtype"]
+__all__ = ["ResBackboneFPN", "INFERENCE_AMP_CHOICES", "check_inference_amp",
+           "inference_autocast_dtype"]
 
 # Values of MODEL.RESBACKBONE.INFERENCE_AMP.
 INFERENCE_AMP_CHOICES = ("off", "auto", "bf16", "fp16")
+
+
+def check_inference_amp(value: str) -> str:
+    """The owner of ``MODEL.RESBACKBONE.INFERENCE_AMP``: returns it or raises ConfigError."""
+    return check_choice("MODEL.RESBACKBONE.INFERENCE_AMP", value, INFERENCE_AMP_CHOICES)
 
 
 def inference_autocast_dtype(setting: str, device: torch.device) -> Optional[torch.dtype]:
@@ -25,9 +32,7 @@ def inference_autocast_dtype(setting: str, device: torch.device) -> Optional[tor
     "auto" picks bfloat16 where the device supports it (recent NVIDIA GPUs, CPUs with AVX-512
     BF16 or AMX, which PyTorch reports through oneDNN), else float16 on CUDA and off on CPU.
     """
-    if setting not in INFERENCE_AMP_CHOICES:
-        raise ValueError(f"MODEL.RESBACKBONE.INFERENCE_AMP {setting!r} is invalid; valid: "
-                         f"{', '.join(INFERENCE_AMP_CHOICES)}.")
+    check_inference_amp(setting)
     if setting == "off":
         return None
     if setting == "bf16":
@@ -54,17 +59,23 @@ class ResBackboneFPN(FPN):
             args, kwargs: those of Detectron2's :class:`FPN`.
         """
         super().__init__(*args, **kwargs)
-        inference_autocast_dtype(inference_amp, torch.device("cpu"))  # validates the value
-        self.inference_amp = inference_amp
+        self.inference_amp = check_inference_amp(inference_amp)
         if winograd:
-            for output_conv in self.output_convs:
-                use_winograd_convolutions(output_conv)
+            # Detectron2's FPN registers each output conv twice: as attribute fpn_output<N>
+            # and in the list output_convs. Both get the Winograd module (same parameters).
+            for index, output_conv in enumerate(self.output_convs):
+                replacement = with_winograd_convolutions(output_conv)
+                for name, child in self.named_children():
+                    if child is output_conv:
+                        setattr(self, name, replacement)
+                self.output_convs[index] = replacement
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         return {name: feature.contiguous() for name, feature in self.forward_any_layout(x).items()}
 
     def forward_any_layout(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Float32 features in the memory format they were computed in (channels-last or not).
+        """Features in the memory format they were computed in (channels-last or not); float32
+        unless the caller runs under autocast (training AMP).
 
         For callers that convert to NCHW themselves, only where it pays: ``ResBackboneRCNN``
         runs the RPN on channels-last features and hands NCHW copies to the ROI heads.
@@ -73,8 +84,9 @@ class ResBackboneFPN(FPN):
         if not self.training and not torch.is_grad_enabled():
             dtype = inference_autocast_dtype(self.inference_amp, x.device)
         if dtype is None:
+            return super().forward(x)
+        with torch.autocast(x.device.type, dtype=dtype):
             outputs = super().forward(x)
-        else:
-            with torch.autocast(x.device.type, dtype=dtype):
-                outputs = super().forward(x)
+        # Only where this FPN's own autocast ran: the heads are not meant to see half precision.
+        # (Under training AMP, SOLVER.AMP, Detectron2's heads take what autocast gives them.)
         return {name: feature.float() for name, feature in outputs.items()}

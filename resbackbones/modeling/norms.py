@@ -15,9 +15,18 @@ from detectron2.utils import comm
 from timm.layers import BatchNormAct2d, GroupNormAct, convert_sync_batchnorm, freeze_batch_norm_2d
 from torch import nn
 
-from resbackbones.config import VALID_NORMS
+from resbackbones.errors import check_choice
 
-__all__ = ["NaiveSyncBatchNormAct2d", "convert_norm", "GN_GROUPS"]
+__all__ = ["NaiveSyncBatchNormAct2d", "NORM_CHOICES", "check_norm", "convert_norm", "GN_GROUPS"]
+
+# Values MODEL.RESBACKBONE.NORM accepts (Detectron2's spelling). Training from scratch needs a
+# norm that trains: BN, GN or naiveSyncBN (SyncBN on CUDA).
+NORM_CHOICES = ("FrozenBN", "BN", "SyncBN", "naiveSyncBN", "GN")
+
+
+def check_norm(norm: str) -> str:
+    """The owner of ``MODEL.RESBACKBONE.NORM``: returns it or raises ConfigError."""
+    return check_choice("MODEL.RESBACKBONE.NORM", norm, NORM_CHOICES)
 
 # Groups of GroupNorm, as Detectron2's get_norm("GN").
 GN_GROUPS = 32
@@ -104,6 +113,7 @@ def convert_norm(module: nn.Module, norm: str, process_group: Optional[object] =
         The converted module (the same object unless ``module`` itself is a BatchNorm).
         Names of parameters and buffers are unchanged, so weights load before or after.
     """
+    check_norm(norm)
     if norm == "BN":
         return module
     if norm == "FrozenBN":
@@ -115,4 +125,4 @@ def convert_norm(module: nn.Module, norm: str, process_group: Optional[object] =
         return _replace_batch_norms(module, _to_naive_sync)
     if norm == "GN":
         return _replace_batch_norms(module, _to_group_norm)
-    raise ValueError(f"Unknown MODEL.RESBACKBONE.NORM {norm!r}; valid: {', '.join(VALID_NORMS)}.")
+    raise AssertionError(f"NORM_CHOICES and convert_norm disagree on {norm!r}")

@@ -25,11 +25,34 @@ from detectron2.structures import Instances
 from torch import nn
 
 from resbackbones.modeling.fpn import ResBackboneFPN
-from resbackbones.modeling.roi_align import parallelize_roi_align
-from resbackbones.modeling.timm_backbone import CHANNELS_LAST_CHOICES
-from resbackbones.modeling.winograd import nnpack_available, use_winograd_convolutions
+from resbackbones.modeling.roi_align import with_parallel_roi_align
+from resbackbones.modeling.timm_backbone import check_channels_last
+from resbackbones.modeling.winograd import nnpack_available, with_winograd_convolutions
 
 __all__ = ["ResBackboneRCNN"]
+
+
+class _ChannelsLastInput:
+    """Forward pre-hook: hand a module its 4-d input channels-last at inference when the
+    setting asks for it. Holds the setting by value, not the model (no reference cycle)."""
+
+    def __init__(self, setting: str) -> None:
+        self.setting = setting
+
+    def __call__(self, module: nn.Module, args):
+        features = args[0]
+        if isinstance(features, torch.Tensor) and features.dim() == 4 and _heads_use_channels_last(
+                self.setting, module.training, features.device):
+            return (features.contiguous(memory_format=torch.channels_last),) + tuple(args[1:])
+        return None
+
+
+def _heads_use_channels_last(setting: str, training: bool, device: torch.device) -> bool:
+    if training or torch.is_grad_enabled():
+        return False
+    if setting == "auto":
+        return device.type == "cpu"
+    return setting == "on"
 
 
 @META_ARCH_REGISTRY.register()
@@ -37,63 +60,54 @@ class ResBackboneRCNN(GeneralizedRCNN):
     """GeneralizedRCNN whose inference runs the heads in the faster CPU layouts.
 
     Config: ``MODEL.META_ARCHITECTURE: "ResBackboneRCNN"`` (the default of this project's
-    configs); ``MODEL.RESBACKBONE.CHANNELS_LAST`` ("auto": on CPU) and
-    ``MODEL.RESBACKBONE.PARALLEL_ROI_ALIGN`` switch the speed-ups.
+    configs); ``MODEL.RESBACKBONE.CHANNELS_LAST`` ("auto": on CPU),
+    ``MODEL.RESBACKBONE.PARALLEL_ROI_ALIGN`` and ``MODEL.RESBACKBONE.WINOGRAD`` switch the
+    speed-ups. ``from_config`` builds Detectron2's heads and then their speed-up variants
+    (:class:`ParallelROIAlign`, the Winograd convs), constructed with the same settings and
+    sharing the same parameters.
     """
 
     @configurable
-    def __init__(self, *, heads_channels_last: str = "auto", parallel_roi_align: bool = True,
-                 winograd: bool = True, **kwargs) -> None:
+    def __init__(self, *, heads_channels_last: str = "auto", winograd_heads: bool = False,
+                 **kwargs) -> None:
         """
         Args:
             heads_channels_last: "auto" (on for CPU inputs), "on" or "off": use channels-last
                 layouts in the heads at inference.
-            parallel_roi_align: split ROIAlign over all CPU threads at inference.
-            winograd: NNPACK Winograd 3x3 convs in the RPN and ROI heads at CPU inference.
+            winograd_heads: whether the heads' 3x3 convs are Winograd convs (built by
+                ``from_config``); they take NCHW, so then only the mask head's deconv and
+                predictor run channels-last.
             kwargs: the arguments of :class:`GeneralizedRCNN`.
         """
         super().__init__(**kwargs)
-        if heads_channels_last not in CHANNELS_LAST_CHOICES:
-            raise ValueError(f"MODEL.RESBACKBONE.CHANNELS_LAST {heads_channels_last!r} is "
-                             f"invalid; valid: {', '.join(CHANNELS_LAST_CHOICES)}.")
-        self.heads_channels_last = heads_channels_last
-        if parallel_roi_align:
-            parallelize_roi_align(self)
-        winograd = winograd and nnpack_available()
-        if winograd:
-            use_winograd_convolutions(self.proposal_generator)
-            use_winograd_convolutions(self.roi_heads)
+        self.heads_channels_last = check_channels_last(heads_channels_last)
         # Winograd convs take NCHW; the layers after them (deconv, 1x1 predictor) are ~1.8x
         # faster channels-last. Without Winograd the whole mask head is faster channels-last.
+        hook = _ChannelsLastInput(self.heads_channels_last)
         for module in self.roi_heads.modules():
             if isinstance(module, nn.ConvTranspose2d):
-                module.register_forward_pre_hook(self._channels_last_input)
+                module.register_forward_pre_hook(hook)
         mask_head = getattr(self.roi_heads, "mask_head", None)
-        if mask_head is not None and not winograd:
-            mask_head.register_forward_pre_hook(self._channels_last_input)
+        if mask_head is not None and not winograd_heads:
+            mask_head.register_forward_pre_hook(hook)
 
     @classmethod
     def from_config(cls, cfg):
         arguments = super().from_config(cfg)
-        if "RESBACKBONE" not in cfg.MODEL:  # a plain Detectron2 config: __init__'s defaults
-            return arguments
-        settings = cfg.MODEL.RESBACKBONE
-        return {**arguments, "heads_channels_last": settings.CHANNELS_LAST,
-                "parallel_roi_align": settings.PARALLEL_ROI_ALIGN, "winograd": settings.WINOGRAD}
-
-    def _heads_use_channels_last(self, device: torch.device) -> bool:
-        if self.training or torch.is_grad_enabled():
-            return False
-        if self.heads_channels_last == "auto":
-            return device.type == "cpu"
-        return self.heads_channels_last == "on"
-
-    def _channels_last_input(self, module, args):
-        features = args[0]
-        if isinstance(features, torch.Tensor) and features.dim() == 4 and (
-                self._heads_use_channels_last(features.device)):
-            return (features.contiguous(memory_format=torch.channels_last),) + tuple(args[1:])
-        return None
+        if "RESBACKBONE" in cfg.MODEL:
+            settings = cfg.MODEL.RESBACKBONE
+            channels_last, parallel_roi_align, winograd = (
+                settings.CHANNELS_LAST, settings.PARALLEL_ROI_ALIGN, settings.WINOGRAD)
+        else:  # a plain Detectron2 config: every speed-up with its default
+            channels_last, parallel_roi_align, winograd = "auto", True, True
+        winograd = winograd and nnpack_available()
+        if winograd:
+            arguments["proposal_generator"] = with_winograd_convolutions(
+                arguments["proposal_generator"])
+            arguments["roi_heads"] = with_winograd_convolutions(arguments["roi_heads"])
+        if parallel_roi_align:
+            arguments["roi_heads"] = with_parallel_roi_align(arguments["roi_heads"])
+        return {**arguments, "heads_channels_last": channels_last, "winograd_heads": winograd}
 
     def inference(
         self,
@@ -104,7 +118,8 @@ class ResBackboneRCNN(GeneralizedRCNN):
         """Same contract as :meth:`GeneralizedRCNN.inference`."""
         if not (isinstance(self.backbone, ResBackboneFPN) and detected_instances is None
                 and self.proposal_generator is not None
-                and self._heads_use_channels_last(self.device)):
+                and _heads_use_channels_last(self.heads_channels_last, self.training,
+                                             self.device)):
             return super().inference(batched_inputs, detected_instances, do_postprocess)
         assert not self.training
         images = self.preprocess_image(batched_inputs)

@@ -7,10 +7,9 @@ levels (see :mod:`resbackbones.modeling.winograd`). Same parameters and training
 """
 from __future__ import annotations
 
-from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
 
-from resbackbones.modeling.winograd import use_winograd_convolutions
+from resbackbones.modeling.winograd import nnpack_available, with_winograd_convolutions
 
 __all__ = ["ResBackboneRetinaNet"]
 
@@ -19,20 +18,12 @@ __all__ = ["ResBackboneRetinaNet"]
 class ResBackboneRetinaNet(RetinaNet):
     """RetinaNet whose head uses Winograd 3x3 convs at CPU inference (``MODEL.RESBACKBONE.WINOGRAD``)."""
 
-    @configurable
-    def __init__(self, *, winograd: bool = True, **kwargs) -> None:
-        """
-        Args:
-            winograd: NNPACK Winograd 3x3 convs in the head at CPU inference.
-            kwargs: the arguments of :class:`RetinaNet`.
-        """
-        super().__init__(**kwargs)
-        if winograd:
-            use_winograd_convolutions(self.head)
-
     @classmethod
     def from_config(cls, cfg):
+        """RetinaNet's arguments, with a head whose 3x3 convs are Winograd twins (same
+        parameters) unless ``MODEL.RESBACKBONE.WINOGRAD`` is False."""
         arguments = super().from_config(cfg)
-        if "RESBACKBONE" not in cfg.MODEL:  # a plain Detectron2 config: __init__'s default
-            return arguments
-        return {**arguments, "winograd": cfg.MODEL.RESBACKBONE.WINOGRAD}
+        winograd = cfg.MODEL.RESBACKBONE.WINOGRAD if "RESBACKBONE" in cfg.MODEL else True
+        if winograd and nnpack_available():
+            arguments["head"] = with_winograd_convolutions(arguments["head"])
+        return arguments

@@ -23,49 +23,43 @@ from typing import Dict, List, Optional, Sequence
 
 import timm
 import torch
-from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone
 from timm.layers import freeze_batch_norm_2d
 from torch import nn
 
-from resbackbones.catalog import STAGE_NAMES, CatalogEntry
+from resbackbones.catalog import STAGE_NAMES, CatalogEntry, select_stride_indices
+from resbackbones.errors import ConfigError, check_choice
 from resbackbones.modeling.inference import FoldedInferenceCopy
 from resbackbones.modeling.norms import convert_norm
 
-__all__ = ["TimmResNetBackbone", "select_stride_indices", "STAGE_STRIDES",
-           "CHANNELS_LAST_CHOICES"]
+__all__ = ["TimmBackbone", "CHANNELS_LAST_CHOICES", "check_channels_last", "check_freeze_at",
+           "check_out_features"]
 
 logger = logging.getLogger(__name__)
 
 # Values of MODEL.RESBACKBONE.CHANNELS_LAST.
 CHANNELS_LAST_CHOICES = ("auto", "on", "off")
-# Stride of each Detectron2 stage name.
-STAGE_STRIDES: Dict[str, int] = dict(zip(STAGE_NAMES, (4, 8, 16, 32)))
 
 
-def select_stride_indices(feature_info, name: str = "") -> List[int]:
-    """Pick the timm ``feature_info`` indices that give strides 4, 8, 16 and 32.
+def check_channels_last(value: str) -> str:
+    """The owner of ``MODEL.RESBACKBONE.CHANNELS_LAST``: returns it or raises ConfigError."""
+    return check_choice("MODEL.RESBACKBONE.CHANNELS_LAST", value, CHANNELS_LAST_CHOICES)
 
-    For each stride the last feature with that reduction is taken (the end of the stage).
 
-    Args:
-        feature_info: a timm model's ``feature_info`` (list of dicts or ``FeatureInfo``).
-        name: architecture name, for the error message.
+def check_out_features(value: Sequence[str]) -> List[str]:
+    """The owner of ``MODEL.RESBACKBONE.OUT_FEATURES``: returns them in stage order or raises."""
+    if not value or any(name not in STAGE_NAMES for name in value):
+        raise ConfigError(f"MODEL.RESBACKBONE.OUT_FEATURES {list(value)} is invalid: use a "
+                          f"non-empty subset of {list(STAGE_NAMES)}.")
+    return [name for name in STAGE_NAMES if name in value]
 
-    Returns:
-        Four indices, for res2..res5.
-    """
-    info = list(feature_info.info if hasattr(feature_info, "info") else feature_info)
-    indices = []
-    for stride in STAGE_STRIDES.values():
-        matches = [i for i, item in enumerate(info) if int(item["reduction"]) == stride]
-        if not matches:
-            available = [int(item["reduction"]) for item in info]
-            raise ValueError(f"Architecture '{name}' has no feature at stride {stride} (its "
-                             f"features have strides {available}); resbackbones needs 4, 8, 16 "
-                             "and 32.")
-        indices.append(matches[-1])
-    return indices
+
+def check_freeze_at(value: int) -> int:
+    """The owner of ``MODEL.BACKBONE.FREEZE_AT`` for resbackbones backbones."""
+    if not 0 <= int(value) <= 5:
+        raise ConfigError(f"MODEL.BACKBONE.FREEZE_AT {value} is invalid; valid: 0 (nothing) .. 5 "
+                          "(everything): 1 freezes the stem, 2 the stem and res2, and so on.")
+    return int(value)
 
 
 def _create_timm_model(timm_name: str) -> nn.Module:
@@ -87,8 +81,8 @@ def _top_level_name(module_name: str) -> str:
     return module_name.split(".")[0]
 
 
-class TimmResNetBackbone(Backbone):
-    """Detectron2 bottom-up backbone built from a catalog entry.
+class TimmBackbone(Backbone):
+    """Detectron2 bottom-up backbone around any timm model, built from a catalog entry.
 
     Outputs ``{"res2": ..., "res5": ...}`` (those in ``out_features``); ``output_shape()`` gives
     their channels and strides from the catalog entry.
@@ -102,32 +96,27 @@ class TimmResNetBackbone(Backbone):
         channels_last: str = "off",
         fold_bn_for_inference: bool = False,
         compile_for_inference: bool = False,
+        return_channels_last: bool = False,
     ) -> None:
         """
         Args:
             entry: the catalog entry (``resbackbones.catalog.get_entry``).
             out_features: subset of ``("res2", "res3", "res4", "res5")`` to return; stages after
                 the last one are not built.
-            norm: one of ``resbackbones.config.VALID_NORMS``.
+            norm: one of ``resbackbones.modeling.norms.NORM_CHOICES``.
             channels_last: "on", "off" or "auto" (on for CPU inputs and under autocast).
             fold_bn_for_inference: in eval mode without grad, run a BN-folded copy of ``body``.
             compile_for_inference: ``torch.compile`` that copy (eager fallback on failure).
+            return_channels_last: hand channels-last features on as they are (the FPN builders
+                set it: the FPN converts its own outputs back to NCHW once).
         """
         super().__init__()
-        if channels_last not in CHANNELS_LAST_CHOICES:
-            raise ValueError(f"MODEL.RESBACKBONE.CHANNELS_LAST {channels_last!r} is invalid; "
-                             f"valid: {', '.join(CHANNELS_LAST_CHOICES)}.")
-        self.channels_last = channels_last
-        # FPN builders set this: the FPN converts its own outputs back to NCHW once.
-        self.return_channels_last = False
+        self.channels_last = check_channels_last(channels_last)
+        self.return_channels_last = return_channels_last
         self.fold_bn_for_inference = fold_bn_for_inference
         self._inference_body = FoldedInferenceCopy(compile_for_inference=compile_for_inference)
-        unknown = [name for name in out_features if name not in STAGE_NAMES]
-        if unknown or not out_features:
-            raise ValueError(f"MODEL.RESBACKBONE.OUT_FEATURES {list(out_features)} is invalid: "
-                             f"use a non-empty subset of {list(STAGE_NAMES)}.")
         self.entry = entry
-        self._out_features = [name for name in STAGE_NAMES if name in out_features]
+        self._out_features = check_out_features(out_features)
         body = _create_timm_model(entry.timm_name)
         if not hasattr(body, "forward_intermediates"):
             raise ValueError(f"timm model '{entry.timm_name}' has no forward_intermediates(); "
@@ -168,7 +157,7 @@ class TimmResNetBackbone(Backbone):
             ``{name: tensor}`` for each name in ``out_features``.
         """
         if x.dim() != 4:
-            raise ValueError(f"TimmResNetBackbone takes (N, C, H, W) input, got shape "
+            raise ValueError(f"TimmBackbone takes (N, C, H, W) input, got shape "
                              f"{tuple(x.shape)}.")
         channels_last = self.uses_channels_last(x)
         if channels_last:
@@ -185,10 +174,24 @@ class TimmResNetBackbone(Backbone):
         return dict(zip(self._out_features, features))
 
     def uses_channels_last(self, x: torch.Tensor) -> bool:
-        """Whether this forward runs channels-last (see ``channels_last`` in ``__init__``)."""
+        """Whether this forward runs channels-last (see ``channels_last`` in ``__init__``).
+
+        "auto": on the CPU always (measured gains in BENCHMARKS.md); on CUDA only at inference
+        under autocast. CUDA training stays NCHW until a GPU measurement shows channels-last
+        pays there: NHWC activations with NCHW weights re-layout the weights at every step.
+        """
         if self.channels_last == "auto":
-            return x.device.type == "cpu" or torch.is_autocast_enabled(x.device.type)
+            if x.device.type == "cpu":
+                return True
+            return not self.training and torch.is_autocast_enabled(x.device.type)
         return self.channels_last == "on"
+
+    def train(self, mode: bool = True) -> "TimmBackbone":
+        """Also drops the BN-folded inference copy when training resumes (it would otherwise
+        hold a second set of weights, on the GPU too, through the whole training phase)."""
+        if mode:
+            self._inference_body.clear()
+        return super().train(mode)
 
     def stage_module_names(self) -> Dict[str, List[str]]:
         """Return the ``body`` submodule names of each freezable part, in forward order.
@@ -213,7 +216,7 @@ class TimmResNetBackbone(Backbone):
         groups[built[-1]] = groups[built[-1]] + trailing
         return groups
 
-    def freeze(self, freeze_at: int = 0) -> "TimmResNetBackbone":
+    def freeze(self, freeze_at: int = 0) -> "TimmBackbone":
         """Freeze the stem and the first stages, with Detectron2's ``FREEZE_AT`` meaning.
 
         ``0``: nothing; ``1``: the stem; ``2``: stem and res2; ... ``5``: everything. Frozen parts
@@ -223,9 +226,7 @@ class TimmResNetBackbone(Backbone):
         Returns:
             self
         """
-        if not 0 <= int(freeze_at) <= 5:
-            raise ValueError(f"MODEL.BACKBONE.FREEZE_AT must be 0..5 (0 nothing, 1 stem, 2 stem "
-                             f"and res2, ..., 5 all), got {freeze_at}.")
+        freeze_at = check_freeze_at(freeze_at)
         for level, (group, names) in enumerate(self.stage_module_names().items(), start=1):
             if level > freeze_at:
                 break

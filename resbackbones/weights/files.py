@@ -10,7 +10,7 @@ Accepted files and how their key names are converted to the timm names of the ba
   ``backbone.body.<name>`` (plain backbone) or ``body.<name>``; other detector keys are ignored.
 * Detectron2's built-in ResNet names (``stem.conv1``, ``res2.0.conv1``: model-zoo detectors,
   ``model_final.pth``) and Caffe2 names (``res2_0_branch2a_w``: MSRA ``R-50.pkl``, FAIR
-  ``X-101-32x8d.pkl``) are converted by :mod:`resbackbones.checkpoint.detectron2_names`.
+  ``X-101-32x8d.pkl``) are converted by :mod:`resbackbones.weights.detectron2_names`.
 """
 from __future__ import annotations
 
@@ -22,14 +22,14 @@ from typing import Any, Dict, List, Mapping
 import numpy as np
 import torch
 
-from resbackbones.checkpoint.detectron2_names import (
+from resbackbones.weights.detectron2_names import (
     caffe2_to_timm_names,
     detectron2_backbone_prefix,
     detectron2_to_timm_key,
     fill_caffe2_statistics,
     has_caffe2_names,
 )
-from resbackbones.checkpoint.safe_pickle import safe_load_pickle
+from resbackbones.weights.safe_pickle import safe_load_pickle
 
 __all__ = [
     "BACKBONE_PREFIXES",

@@ -2,7 +2,7 @@
 
 ``MODEL.RESBACKBONE.WEIGHTS`` names the source: ``"imagenet"`` (the catalog entry's pinned timm
 tag), ``"timm:<model>.<tag>"`` (downloaded by the Hugging Face hub client into its cache), or a
-local file (see :mod:`resbackbones.checkpoint.files`). The comparison with the model is logged as
+local file (see :mod:`resbackbones.weights.files`). The comparison with the model is logged as
 a table, and loading fails when a backbone parameter would stay random, a shape differs, or the
 file has backbone keys the architecture lacks (a different depth or width) - unless
 ``ALLOW_PARTIAL_WEIGHTS`` is set.
@@ -21,7 +21,7 @@ from timm.models import get_pretrained_cfg
 from torch import nn
 
 from resbackbones.catalog import CATALOG, TIMM_PREFIX, CatalogEntry, is_timm_name
-from resbackbones.checkpoint.files import CheckpointKeys, load_state_dict_file
+from resbackbones.weights.files import CheckpointKeys, load_state_dict_file
 
 __all__ = [
     "IncompatibleWeightsError",
