@@ -314,3 +314,48 @@ def test_elastic_restart_after_sigkill_resumes_from_the_last_checkpoint(data_fla
     assert (tmp_path / "model_final.pth").exists()
     iterations = [it for it, _ in _logged_losses(tmp_path)]
     assert iterations[-1] == 8
+
+
+SLURM_JOIN = """
+import json, sys
+import torch.distributed as dist
+from detectron2.utils import comm
+from resbackbones.engine.distributed import (
+    detect_launch_environment, init_process_group_from_environment)
+env = detect_launch_environment()
+backend = init_process_group_from_environment(env, "cpu")
+print(json.dumps({"kind": env.kind, "backend": backend, "rank": comm.get_rank(),
+                  "world": comm.get_world_size(), "local_rank": comm.get_local_rank(),
+                  "local_size": comm.get_local_size(), "gathered": comm.all_gather(env.rank)}))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_two_srun_tasks_on_two_nodes_join_one_process_group():
+    """What srun gives 2 tasks on 2 nodes (simulated variables, a compressed node list whose
+    first host is this machine): one Gloo group of 2, one process per machine."""
+    port = str(_free_port())
+    commands, environments = [], []
+    for rank in (0, 1):
+        environments.append({**_environment(), "SLURM_PROCID": str(rank), "SLURM_STEP_ID": "0",
+                             "SLURM_NTASKS": "2", "SLURM_LOCALID": "0",
+                             "SLURM_NODEID": str(rank), "SLURM_TASKS_PER_NODE": "1(x2)",
+                             "SLURM_STEP_NODELIST": "localhost,node[02-03]",
+                             "SLURM_JOB_ID": "4242", "MASTER_PORT": port})
+        commands.append([sys.executable, "-c", SLURM_JOIN])
+    start = time.perf_counter()
+    processes = [subprocess.Popen(c, cwd=REPO, env=e, text=True, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE) for c, e in zip(commands, environments)]
+    try:
+        results = [p.communicate(timeout=TIMEOUT_S) for p in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    print(f"2 simulated srun tasks joining: {time.perf_counter() - start:.1f} s wall")
+    for process, (_, stderr) in zip(processes, results):
+        assert process.returncode == 0, stderr[-3000:]
+    records = [json.loads(out.strip().splitlines()[-1]) for out, _ in results]
+    assert records == [{"kind": "slurm", "backend": "gloo", "rank": rank, "world": 2,
+                        "local_rank": 0, "local_size": 1, "gathered": [0, 1]} for rank in (0, 1)]
