@@ -180,7 +180,10 @@ def main(args: argparse.Namespace) -> Dict:
     ResUNetPPTrainer.skip_files = validate_datasets(cfg)
     trainer = ResUNetPPTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    results = trainer.train()
+    trainer.train()
+    # DefaultTrainer.train() returns the final evaluation only with TEST.EXPECTED_RESULTS set;
+    # its end-of-training EvalHook keeps it here.
+    results = getattr(trainer, "_last_eval_results", None) or {}
     if comm.is_main_process() and results:
         with open(os.path.join(cfg.OUTPUT_DIR, "eval_results.json"), "w") as file:
             json.dump(results, file, indent=2)
@@ -209,6 +212,8 @@ def run_quickstart(data_root: str = "datasets/synthetic_polyps",
 
 def _summary(results: Dict) -> str:
     lines = []
+    if "segmentation" in results:  # Detectron2 drops the data-set level for a single test set
+        results = {"test set": results}
     for dataset, tasks in results.items():
         if not isinstance(tasks, dict):
             continue
