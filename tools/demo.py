@@ -34,8 +34,11 @@ def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    parser.add_argument("--config-file", required=True, metavar="FILE",
-                        help="Detectron2 config of the model.")
+    parser.add_argument("--config-file", metavar="FILE",
+                        help="Detectron2 config of the model (not with --onnx).")
+    parser.add_argument("--onnx", metavar="MODEL_DIR",
+                        help="Run an ONNX export (tools/export_model.py) with ONNX Runtime "
+                             "instead, without Detectron2 (images only).")
     parser.add_argument("--input", nargs="+", required=True,
                         help="Image or video files, folders, or quoted glob patterns.")
     parser.add_argument("--output", required=True, help="Folder for drawings and JSON files.")
@@ -53,6 +56,13 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_parser().parse_args(argv)
+    if args.onnx:  # numpy, Pillow and onnxruntime only: resbackbones.deploy.onnx_runner
+        from resbackbones.deploy.onnx_demo import main as onnx_demo
+
+        return onnx_demo(["--onnx", args.onnx, "--input", *args.input, "--output", args.output,
+                          "--confidence-threshold", str(args.confidence_threshold)])
+    if not args.config_file:
+        raise SystemExit("error: --config-file is required (or --onnx MODEL_DIR)")
     setup_logger(name="resbackbones")
     logger = logging.getLogger("resbackbones")
     logger.setLevel(logging.INFO)

@@ -16,9 +16,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from resbackbones.deploy.export import (  # noqa: E402
+from resbackbones.deploy.export import (
     DEFAULT_OPSET,
     EXPORT_FORMATS,
     EXPORT_METHODS,

@@ -214,8 +214,8 @@ def postprocess(outputs: Dict[str, np.ndarray], input_size: Tuple[int, int],
     masks = None
     if "masks" in outputs:
         probabilities = outputs["masks"][keep]
-        masks = paste_masks(probabilities.reshape(probabilities.shape[0], *probabilities.shape[-2:]),
-                            boxes[keep], image_size, mask_threshold)
+        probabilities = probabilities.reshape(probabilities.shape[0], *probabilities.shape[-2:])
+        masks = paste_masks(probabilities, boxes[keep], image_size, mask_threshold)
     return Detections(boxes[keep], outputs["scores"][keep].astype(np.float32),
                       outputs["classes"][keep].astype(np.int64), masks, list(class_names),
                       (height, width))
