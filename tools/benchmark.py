@@ -4,10 +4,12 @@
     python tools/benchmark.py                                   # Mask R-CNN R50-FPN, 800x1333
     python tools/benchmark.py --arch resnext101_32x8d --no-training
     python tools/benchmark.py --height 256 --width 320 --output /tmp/BENCH.md --no-scaling
+    python tools/benchmark.py --onnx            # ONNX Runtime vs eager PyTorch, same weights
 
 Writes (or updates this device's section of) BENCHMARKS.md and a scaling plot next to it.
 """
 import argparse
+import datetime
 import logging
 import os
 import sys
@@ -46,8 +48,44 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output", default="BENCHMARKS.md")
     parser.add_argument("--section", default=None,
                         help="section of the output to replace (default: cpu or cuda)")
+    parser.add_argument("--onnx", action="store_true",
+                        help="instead: time the ONNX export under ONNX Runtime against the eager "
+                             "model, same weights and run (section <device>-onnx)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
     return parser.parse_args(argv)
+
+
+def onnx_exporter(model, cfg, image, scratch):
+    """Export ``model``'s weights to ONNX and run it with the Detectron2-free runner, with as
+    many threads as PyTorch uses."""
+    from resbackbones.deploy.export import export_same_weights
+    from resbackbones.deploy.onnx_runner import OnnxDetector
+
+    folder = os.path.join(scratch, "onnx")
+    result = export_same_weights(model, cfg, folder, image)
+    detector = OnnxDetector(folder, num_threads=torch.get_num_threads())
+    import onnxruntime
+
+    description = (f"`tools/export_model.py --format onnx` (tracing, opset "
+                   f"{result.meta['onnx_opset']}, BN folded) run by resbackbones.deploy."
+                   f"onnx_runner on onnxruntime {onnxruntime.__version__}, CPUExecutionProvider, "
+                   f"{torch.get_num_threads()} intra-op threads; resize and mask pasting in "
+                   "numpy/Pillow")
+    return "ONNX Runtime (CPU)", description, lambda rgb: detector(rgb).boxes
+
+
+def onnx_section(settings, output: str, section=None) -> int:
+    from resbackbones.benchmark.exported import exported_markdown, run_exported_comparison
+
+    result = run_exported_comparison(settings, onnx_exporter)
+    kind = "cuda" if settings.device.startswith("cuda") else "cpu"
+    body = "\n".join([f"## {kind.upper()}: ONNX Runtime vs eager PyTorch", "",
+                      f"Measured {datetime.date.today().isoformat()}.", "",
+                      exported_markdown(result)])
+    write_section(output, section or f"{kind}-onnx", body)
+    print(body)
+    print(f"\nwrote {output}")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -60,6 +98,8 @@ def main(argv=None) -> int:
         warmup=args.warmup, repeats=args.repeats, train_batch=args.train_batch,
         train_repeats=args.train_repeats, include_training=not args.no_training,
         device=args.device, opts=args.opts)
+    if args.onnx:
+        return onnx_section(settings, args.output, args.section)
     result = run_comparison(settings)
     scaling = []
     plot_name = None

@@ -57,10 +57,12 @@ __all__ = [
     "ExportResult",
     "export_config",
     "export_detector",
+    "export_same_weights",
     "export_model",
     "load_export_model",
     "resolve_class_names",
     "sample_image",
+    "with_export_settings",
 ]
 
 logger = logging.getLogger(__name__)
@@ -111,7 +113,13 @@ class ExportResult:
 def export_config(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
     """The config a model is exported from: :func:`build_config` with the CPU as device and the
     run-time-only speed-ups (:data:`RUNTIME_ONLY_SETTINGS`) off."""
-    cfg = build_config(config_file, opts)
+    return with_export_settings(build_config(config_file, opts))
+
+
+def with_export_settings(cfg: CfgNode) -> CfgNode:
+    """A copy of ``cfg`` on the CPU with the run-time-only speed-ups off."""
+    cfg = cfg.clone()
+    cfg.defrost()
     cfg.MODEL.DEVICE = "cpu"
     if "RESBACKBONE" in cfg.MODEL:
         for key, value in RUNTIME_ONLY_SETTINGS.items():
@@ -766,3 +774,20 @@ def export_model(config_file: str, output_dir: str, fmt: str = "onnx", method: s
     image = sample_image(cfg, sample_image_path)
     return export_detector(model, cfg, output_dir, fmt, method, image, class_names, opset,
                            folded)
+
+
+def export_same_weights(model: nn.Module, cfg: CfgNode, output_dir: str,
+                        image: Optional[np.ndarray] = None, fmt: str = "onnx") -> ExportResult:
+    """Export the weights of an eager model (built from ``cfg``, any speed-ups) as the model
+    of :func:`with_export_settings` of ``cfg``: for comparing an export with its source.
+
+    Returns:
+        See :func:`export_detector`.
+    """
+    export_cfg = with_export_settings(cfg)
+    twin = build_model(export_cfg).eval()
+    twin.load_state_dict(model.state_dict())
+    folded = 0
+    if "RESBACKBONE" in export_cfg.MODEL and export_cfg.MODEL.RESBACKBONE.FOLD_BN_FOR_INFERENCE:
+        folded = bake_batchnorm_folding(twin)
+    return export_detector(twin, export_cfg, output_dir, fmt, image=image, folded=folded)
