@@ -184,6 +184,12 @@ def test_class_names_from_registered_dataset_or_flag(tmp_path):
                           class_names=["cat", "dog", "bird"])
     assert result.meta["class_names"] == ["cat", "dog", "bird"]
     assert result.meta["class_names_source"] == "--class-names"
+    # Without a registered dataset or the flag: the class_names.json training writes next to
+    # MODEL.WEIGHTS.
+    (tmp_path / "class_names.json").write_text(json.dumps({"thing_classes": ["x", "y", "z"]}))
+    result = export_model(FASTER_RCNN, str(tmp_path / "e"), "torchscript", opts=opts)
+    assert result.meta["class_names"] == ["x", "y", "z"]
+    assert result.meta["class_names_source"].endswith("class_names.json")
 
 
 def test_unsupported_meta_architecture_names_the_module_and_what_to_try(tmp_path):

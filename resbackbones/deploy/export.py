@@ -39,6 +39,7 @@ from torch import nn
 
 from resbackbones.checkpoint import ResBackboneCheckpointer
 from resbackbones.config import build_config
+from resbackbones.engine.class_names import read_class_names
 from resbackbones.deploy.onnx_runner import (
     META_FILE,
     META_SCHEMA_VERSION,
@@ -200,7 +201,8 @@ def resolve_class_names(cfg: CfgNode, num_classes: int,
     """The class names recorded with an export, and where they come from.
 
     Order: the metadata of a registered dataset of the config (``DATASETS.TEST``, then
-    ``TRAIN``) with ``num_classes`` names; else ``explicit`` (``--class-names``); else
+    ``TRAIN``) with ``num_classes`` names; else ``explicit`` (``--class-names``); else the
+    ``class_names.json`` that training wrote next to ``MODEL.WEIGHTS``; else
     ``class_0 .. class_{n-1}``.
 
     Raises:
@@ -224,6 +226,11 @@ def resolve_class_names(cfg: CfgNode, num_classes: int,
         return registered, source
     if explicit:
         return list(explicit), "--class-names"
+    weights = cfg.MODEL.WEIGHTS
+    saved = read_class_names(os.path.dirname(weights)) if weights and os.path.isfile(
+        weights) else None
+    if saved is not None and len(saved.thing_classes) == num_classes:
+        return list(saved.thing_classes), saved.path
     return [f"class_{i}" for i in range(num_classes)], "generic (no registered dataset)"
 
 
