@@ -21,6 +21,7 @@ from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import BACKBONE_REGISTRY  # noqa: E402
 
 from resbackbones.catalog import get_entry, is_timm_name, weights_input_normalization  # noqa: E402
+from resbackbones.data.validation import check_validation_mode  # noqa: E402
 from resbackbones.errors import ConfigError  # noqa: E402
 from resbackbones.modeling.build import check_input_normalization  # noqa: E402
 from resbackbones.modeling.fpn import check_inference_amp  # noqa: E402
@@ -42,6 +43,12 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# Keys of earlier releases -> their name now (the error for an old config says so).
+RENAMED_KEYS = {
+    "DATASETS.VALIDATE": "DATA_VALIDATION.MODE",
+    "DATASETS.SKIP_BAD_RECORDS": "DATA_VALIDATION.SKIP_BAD_RECORDS",
+}
 
 
 def add_resbackbone_config(cfg: CN) -> CN:
@@ -98,12 +105,15 @@ def add_resbackbone_config(cfg: CN) -> CN:
     # ResBackboneRetinaNet, the 3x3 convs of the heads) with NNPACK's Winograd kernels: 2-2.7x
     # faster on large maps, still float32, relative differences ~1e-5 (tests/test_speedups.py).
     cfg.MODEL.RESBACKBONE.WINOGRAD = True
-    # Check COCO-format datasets (DATASETS.TRAIN and TEST) before step 0: "off", "header" (files
-    # exist, image headers match the JSON sizes: fast) or "full" (also decode every image).
-    cfg.DATASETS.VALIDATE = "header"
+    # Checks of the COCO-format data sets before step 0 (this project's trainer, on rank 0).
+    # Their own namespace: Detectron2's DATASETS keys stay Detectron2's.
+    cfg.DATA_VALIDATION = CN()
+    # Check DATASETS.TRAIN and TEST: "off", "header" (files exist, image headers match the JSON
+    # sizes: fast) or "full" (also decode every image). Valid: data.validation.VALIDATION_MODES.
+    cfg.DATA_VALIDATION.MODE = "header"
     # With problems found: False stops before training with a report; True drops the bad
     # images/annotations (a cleaned copy of the JSON goes to OUTPUT_DIR/cleaned_datasets).
-    cfg.DATASETS.SKIP_BAD_RECORDS = False
+    cfg.DATA_VALIDATION.SKIP_BAD_RECORDS = False
     return cfg
 
 
@@ -162,6 +172,8 @@ def merge_config_checked(cfg: CN, config_file: str = "", opts: Sequence[str] = (
             bad_key = message.rsplit(":", 1)[-1].strip()
             close = difflib.get_close_matches(bad_key, _all_keys(cfg), n=3, cutoff=0.6)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            if bad_key in RENAMED_KEYS:
+                hint = f" It was renamed {RENAMED_KEYS[bad_key]}."
             raise ConfigError(f"{source}: unknown config key {bad_key!r}.{hint}") from error
         except ValueError as error:
             raise ConfigError(f"{source}: {error}") from error
@@ -194,6 +206,8 @@ def validate_config(cfg: CN) -> CN:
     check_channels_last(settings.CHANNELS_LAST)
     check_inference_amp(settings.INFERENCE_AMP)
     check_out_features(settings.OUT_FEATURES)
+    if "DATA_VALIDATION" in cfg:
+        check_validation_mode(cfg.DATA_VALIDATION.MODE)
     weights = settings.WEIGHTS
     looks_local = weights and weights != "imagenet" and "://" not in weights and not (
         is_timm_name(weights))

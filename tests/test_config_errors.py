@@ -64,3 +64,18 @@ def test_invalid_values_are_refused_with_choices(key, value, expected):
 
 def test_valid_config_passes():
     assert validate_config(_cfg()) is not None
+
+
+def test_a_renamed_key_says_its_new_name(tmp_path):
+    """Keys moved out of Detectron2's own namespaces (issue 13) are named in the error."""
+    from resbackbones.config import build_config
+
+    old = tmp_path / "old.yaml"
+    old.write_text("DATASETS:\n  VALIDATE: full\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'DATASETS.VALIDATE'. It was "
+                                          r"renamed DATA_VALIDATION.MODE"):
+        build_config(str(old))
+    assert build_config("", ["DATA_VALIDATION.MODE", "full"]).DATA_VALIDATION.MODE == "full"
+    with pytest.raises(ConfigError, match="DATA_VALIDATION.MODE 'all' is invalid; valid: off, "
+                                          "header, full"):
+        build_config("", ["DATA_VALIDATION.MODE", "all"])

@@ -35,7 +35,7 @@ from resbackbones.demo import (
     draw_detections,
     filter_instances,
     make_example_images,
-    setup_cfg,
+    build_inference_config,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,7 +69,7 @@ def _png(array: np.ndarray) -> bytes:
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory):
     """(config file, opts with MODEL.WEIGHTS) of a tiny random Mask R-CNN saved to disk."""
-    cfg = setup_cfg(CONFIG_FILE, TINY_OPTS)
+    cfg = build_inference_config(CONFIG_FILE, TINY_OPTS)
     torch.manual_seed(0)
     model = build_model(cfg)
     with torch.no_grad():  # damped class logits: scores spread below 1.0, several classes
@@ -85,7 +85,7 @@ def model_files(tmp_path_factory):
 @pytest.fixture(scope="module")
 def predictor(model_files):
     config_file, opts = model_files
-    return DemoPredictor(setup_cfg(config_file, opts), name="tiny")
+    return DemoPredictor(build_inference_config(config_file, opts), name="tiny")
 
 
 @pytest.fixture(scope="module")
@@ -112,12 +112,12 @@ def test_resbackbone_config_matches_default_predictor(tmp_path):
                       / "mask_rcnn_R_18_FPN_synthetic_instant_test.yaml")
     opts = ["MODEL.DEVICE", "cpu", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
     torch.manual_seed(0)
-    random_model = DemoPredictor(setup_cfg(config_file, opts), name="random").model
+    random_model = DemoPredictor(build_inference_config(config_file, opts), name="random").model
     weights = tmp_path / "model.pth"
     torch.save({"model": random_model.state_dict()}, weights)
     (tmp_path / "class_names.json").write_text(
         json.dumps({"thing_classes": ["circle", "triangle", "rectangle"]}))
-    cfg = setup_cfg(config_file, opts + ["MODEL.WEIGHTS", str(weights)])
+    cfg = build_inference_config(config_file, opts + ["MODEL.WEIGHTS", str(weights)])
     assert cfg.INPUT.FORMAT == "RGB"
     predictor = DemoPredictor(cfg, name="resbackbone")
     assert predictor.class_names == ["circle", "triangle", "rectangle"]
@@ -141,7 +141,7 @@ def test_prediction_timings_and_class_names(predictor):
 
 def test_class_names_fallbacks(model_files):
     config_file, opts = model_files
-    cfg = setup_cfg(config_file, opts + ["DATASETS.TEST", "('not_registered',)"])
+    cfg = build_inference_config(config_file, opts + ["DATASETS.TEST", "('not_registered',)"])
     assert DemoPredictor(cfg).class_names[:2] == ["class 0", "class 1"]
     names = [f"thing{i}" for i in range(80)]
     assert DemoPredictor(cfg, class_names=names).class_names == names
@@ -150,16 +150,16 @@ def test_class_names_fallbacks(model_files):
 def test_bad_weights_fail_clearly(model_files, tmp_path):
     config_file, opts = model_files
     with pytest.raises(FileNotFoundError, match="make quickstart"):
-        DemoPredictor(setup_cfg(config_file, opts + ["MODEL.WEIGHTS", str(tmp_path / "no.pth")]))
+        DemoPredictor(build_inference_config(config_file, opts + ["MODEL.WEIGHTS", str(tmp_path / "no.pth")]))
     tiny = tmp_path / "tiny.pth"
     tiny.write_bytes(b"version https://git-lfs.github.com/spec/v1\n")
     with pytest.raises(ValueError, match="not a checkpoint"):
-        DemoPredictor(setup_cfg(config_file, opts + ["MODEL.WEIGHTS", str(tiny)]))
+        DemoPredictor(build_inference_config(config_file, opts + ["MODEL.WEIGHTS", str(tiny)]))
     wrong = tmp_path / "wrong.pth"
     torch.save({"model": {"backbone.bottom_up.stem.conv1.weight": torch.zeros(1)},
                 "padding": torch.zeros(1000)}, wrong)
     with pytest.raises(ValueError, match="does not fit the model"):
-        DemoPredictor(setup_cfg(config_file, opts + ["MODEL.WEIGHTS", str(wrong)]))
+        DemoPredictor(build_inference_config(config_file, opts + ["MODEL.WEIGHTS", str(wrong)]))
 
 
 def test_drawing_results_and_json(predictor, tmp_path):
@@ -309,7 +309,7 @@ def _import_tool(name):
 
 
 def test_gradio_demo_model_arguments():
-    tool = _import_tool("gradio_demo")
+    from resbackbones.demo import serve as tool  # tools/gradio_demo.py's command line
     args = tool.get_parser().parse_args([
         "--model", "a=x.yaml:a.pth", "--model", "b=y.yaml", "--opts", "MODEL.DEVICE", "cpu"])
     specs = tool.parse_model_specs(args)

@@ -30,7 +30,7 @@ from resbackbones.checkpoint.download import (
     model_zoo_cache_path,
     model_zoo_url,
 )
-from resbackbones.demo import DemoPredictor, DetectionDemo, setup_cfg
+from resbackbones.demo import DemoPredictor, DetectionDemo, build_inference_config
 from resbackbones.demo.model_zoo import (
     COCO_MASK_RCNN_R50_FPN_3X as COCO,
     build_model_zoo_predictor,
@@ -144,7 +144,7 @@ def test_cache_path_and_url_follow_detectron2(cache, monkeypatch):
     assert model_zoo_url(COCO.checkpoint) == ("https://dl.fbaipublicfiles.com/detectron2/"
                                               + COCO.checkpoint)
     # The twin config's MODEL.WEIGHTS names the same file, so Detectron2 finds the download.
-    cfg = setup_cfg(COCO.config_path, device="cpu")
+    cfg = build_inference_config(COCO.config_path, device="cpu")
     assert cfg.MODEL.WEIGHTS == "detectron2://" + COCO.checkpoint
     monkeypatch.setenv(MODEL_ZOO_URL_ENV, "http://mirror.invalid/d2")
     assert model_zoo_url(COCO.checkpoint) == "http://mirror.invalid/d2/" + COCO.checkpoint
@@ -214,7 +214,7 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
 
     path = tmp_path / "evil.pkl"
     path.write_bytes(pickle.dumps({"model": {"x": RunsCode()}, "__author__": "x"}))
-    cfg = setup_cfg(COCO.config_path, device="cpu")
+    cfg = build_inference_config(COCO.config_path, device="cpu")
     with pytest.raises(Exception, match="os.system|posix.system"):
         check_checkpoint_fits(cfg, str(path))
 
@@ -237,12 +237,12 @@ def quickstart_like(tmp_path_factory):
     opts = ["MODEL.DEVICE", "cpu", "DATASETS.TEST", "('never_registered_val',)",
             "DATASETS.TRAIN", "('never_registered_train',)"]
     torch.manual_seed(0)
-    model = build_model(setup_cfg(config, opts + ["MODEL.WEIGHTS", ""]))
+    model = build_model(build_inference_config(config, opts + ["MODEL.WEIGHTS", ""]))
     torch.save({"model": model.state_dict()}, folder / "model_final.pth")
     (folder / "class_names.json").write_text(json.dumps({
         "thing_classes": ["disc", "wedge", "box"],
         "thing_dataset_id_to_contiguous_id": {"7": 0, "8": 1, "9": 2}}))
-    return setup_cfg(config, opts + ["MODEL.WEIGHTS", str(folder / "model_final.pth")])
+    return build_inference_config(config, opts + ["MODEL.WEIGHTS", str(folder / "model_final.pth")])
 
 
 def _png(seed):
@@ -282,12 +282,8 @@ def test_offline_message_in_the_demo_and_the_other_model_keeps_working(
 
 
 def test_gradio_demo_offers_the_coco_model_with_the_mirror_flag(cache):
-    import importlib.util
+    from resbackbones.demo import serve as tool  # tools/gradio_demo.py's command line
 
-    spec = importlib.util.spec_from_file_location(
-        "_tool_gradio_demo", os.path.join(REPO, "tools", "gradio_demo.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
     dead = _dead_url()
     args = tool.get_parser().parse_args(["--model-zoo-url", dead])
     models = {}

@@ -14,19 +14,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from typing import Optional, Sequence
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from detectron2.utils.logger import setup_logger
 
-from detectron2.utils.logger import setup_logger  # noqa: E402
-
-from resbackbones.demo import (  # noqa: E402
+from resbackbones.demo import (
     DemoPredictor,
     model_name_from_config,
     run_on_inputs,
-    setup_cfg,
+    build_inference_config,
 )
 
 
@@ -68,7 +65,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logger.setLevel(logging.INFO)
     class_names = [c.strip() for c in args.class_names.split(",")] if args.class_names else None
     try:
-        cfg = setup_cfg(args.config_file, args.opts, device=args.device,
+        cfg = build_inference_config(args.config_file, args.opts, device=args.device,
                         score_threshold=args.confidence_threshold)
         predictor = DemoPredictor(cfg, name=model_name_from_config(args.config_file),
                                   class_names=class_names)

@@ -15,6 +15,8 @@ from typing import Dict, Iterable, List, Optional, Set
 
 from tabulate import tabulate
 
+from resbackbones.errors import check_choice
+
 __all__ = [
     "PROBLEM_KINDS",
     "DatasetProblem",
@@ -50,7 +52,7 @@ class DatasetValidationError(ValueError):
     def __init__(self, report: "ValidationReport"):
         super().__init__(report.format() + "\nFix the dataset, or drop the bad records: "
                          "tools/validate_dataset.py --skip-bad --output CLEAN.json, or "
-                         "DATASETS.SKIP_BAD_RECORDS True when training.")
+                         "DATA_VALIDATION.SKIP_BAD_RECORDS True when training.")
         self.report = report
 
 
@@ -259,7 +261,13 @@ def filter_coco_json(json_file: str, report: ValidationReport, output_file: str)
     return summary
 
 
-VALIDATE_CHOICES = ("off", "header", "full")
+# Values of DATA_VALIDATION.MODE.
+VALIDATION_MODES = ("off", "header", "full")
+
+
+def check_validation_mode(mode: str) -> str:
+    """The owner of ``DATA_VALIDATION.MODE``: returns it or raises ConfigError."""
+    return check_choice("DATA_VALIDATION.MODE", mode, VALIDATION_MODES)
 
 
 def validate_registered_datasets(names: Iterable[str], mode: str = "header",
@@ -285,9 +293,7 @@ def validate_registered_datasets(names: Iterable[str], mode: str = "header",
     from detectron2.data import MetadataCatalog
     from detectron2.utils import comm
 
-    if mode not in VALIDATE_CHOICES:
-        raise ValueError(f"DATASETS.VALIDATE {mode!r} is invalid; valid: "
-                         f"{', '.join(VALIDATE_CHOICES)}.")
+    check_validation_mode(mode)
     reports: Dict[str, ValidationReport] = {}
     if mode == "off":
         return reports
@@ -306,7 +312,7 @@ def validate_registered_datasets(names: Iterable[str], mode: str = "header",
             continue
         if not skip_bad:
             raise DatasetValidationError(report)
-        logger.warning("%s\nDATASETS.SKIP_BAD_RECORDS: dropping the bad records.", report.format())
+        logger.warning("%s\nDATA_VALIDATION.SKIP_BAD_RECORDS: dropping the bad records.", report.format())
         use_cleaned_dataset(name, report, cleaned_dir)
     return reports
 

@@ -20,7 +20,7 @@ from .model_zoo import (
     fetch_model_zoo_weights,
 )
 from .photos import make_photo_examples
-from .predictor import DemoPredictor, Prediction, model_name_from_config, setup_cfg
+from .predictor import DemoPredictor, Prediction, model_name_from_config, build_inference_config
 from .results import TABLE_HEADERS, coco_results, detection_rows, filter_instances, write_coco_json
 
 __all__ = [k for k in globals().keys() if not k.startswith("_")]

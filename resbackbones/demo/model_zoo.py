@@ -28,7 +28,7 @@ from detectron2.modeling import build_model
 from resbackbones.checkpoint import ResBackboneCheckpointer
 from resbackbones.checkpoint.download import fetch_model_zoo_file, model_zoo_cache_path
 
-from .predictor import DemoPredictor, setup_cfg
+from .predictor import DemoPredictor, build_inference_config
 
 __all__ = [
     "COCO_MASK_RCNN_R50_FPN_3X",
@@ -167,7 +167,7 @@ def fetch_model_zoo_weights(model: ModelZooModel, base_url: Optional[str] = None
         resbackbones.checkpoint.download.DownloadError: offline, cut short or refused; nothing
             is left under the cache name.
     """
-    cfg = setup_cfg(model.config_path, device="cpu")
+    cfg = build_inference_config(model.config_path, device="cpu")
     return fetch_model_zoo_file(model.checkpoint, validate=lambda p: check_checkpoint_fits(cfg, p),
                                 base_url=base_url, progress=progress)
 
@@ -179,7 +179,7 @@ def build_model_zoo_predictor(model: ModelZooModel, device: Optional[str] = None
 
     Args:
         model: the model-zoo entry.
-        device: as :func:`~resbackbones.demo.predictor.setup_cfg`.
+        device: as :func:`~resbackbones.demo.predictor.build_inference_config`.
         opts: extra ``KEY VALUE`` overrides of the twin config.
         base_url: model-zoo mirror (see :func:`fetch_model_zoo_weights`).
         progress: show a download progress bar.
@@ -192,6 +192,6 @@ def build_model_zoo_predictor(model: ModelZooModel, device: Optional[str] = None
             message names the URL and where to copy the file.
     """
     weights = fetch_model_zoo_weights(model, base_url=base_url, progress=progress)
-    cfg = setup_cfg(model.config_path, list(opts) + ["MODEL.WEIGHTS", weights], device=device)
+    cfg = build_inference_config(model.config_path, list(opts) + ["MODEL.WEIGHTS", weights], device=device)
     return DemoPredictor(cfg, name=model.name, class_names=model.class_names,
                          dataset_id_to_contiguous_id=model.dataset_id_to_contiguous_id)

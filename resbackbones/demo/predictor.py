@@ -36,12 +36,12 @@ __all__ = [
     "DemoPredictor",
     "Prediction",
     "model_name_from_config",
-    "setup_cfg",
+    "build_inference_config",
 ]
 
 logger = logging.getLogger(__name__)
 
-def setup_cfg(
+def build_inference_config(
     config_file: str,
     opts: Sequence[str] = (),
     device: Optional[str] = None,
@@ -128,7 +128,7 @@ class DemoPredictor:
     """Build a model from a config once, load its weights, and predict on single RGB images.
 
     Args:
-        cfg: a config from :func:`setup_cfg`.
+        cfg: a config from :func:`build_inference_config`.
         name: display name of the model.
         class_names: overrides the class names (else: the ``class_names.json`` saved by
             training next to ``MODEL.WEIGHTS``, then a ``thing_classes`` list stored in the

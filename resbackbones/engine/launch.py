@@ -72,8 +72,8 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
     datasets = list(cfg.DATASETS.TEST) if args.eval_only else (
         list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
     # Rank 0 reads the images; every rank gets its outcome (and fails or goes on with it).
-    validate_datasets_on_main_process(datasets, mode=cfg.DATASETS.VALIDATE,
-                                      skip_bad=cfg.DATASETS.SKIP_BAD_RECORDS,
+    validate_datasets_on_main_process(datasets, mode=cfg.DATA_VALIDATION.MODE,
+                                      skip_bad=cfg.DATA_VALIDATION.SKIP_BAD_RECORDS,
                                       cleaned_dir=os.path.join(cfg.OUTPUT_DIR, "cleaned_datasets"))
     return cfg
 
