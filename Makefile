@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 OUTPUT ?= output/quickstart
 DATA ?= datasets/synthetic_shapes
 
-.PHONY: setup quickstart test test-fast demo benchmark browser clean
+.PHONY: setup quickstart test test-fast demo benchmark gpu-check gpu-check-wheels browser clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,14 @@ demo: setup
 
 benchmark: setup
 	$(PY) tools/benchmark.py
+
+# One-shot GPU check (tools/gpu_check.py), on a CUDA machine: one summary table in < 8 minutes.
+gpu-check: setup
+	$(PY) tools/gpu_check.py --out output/gpu_check
+
+# The wheels a bare lent GPU machine needs to run the check (see tools/gpu_check.py's docstring).
+gpu-check-wheels: setup
+	$(PY) tools/gpu_check.py --prepare-wheels .whl
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info

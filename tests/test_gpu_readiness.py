@@ -109,18 +109,22 @@ def test_build_cfg_refuses_cpu_training_on_a_gpu_machine_with_broken_cuda(broken
     assert build_cfg(QUICK, ["MODEL.DEVICE", "cpu"]).MODEL.DEVICE == "cpu"
 
 
-def test_demo_refuses_cpu_on_a_gpu_machine_with_broken_cuda(broken_cuda):
-    from resbackbones.demo.predictor import setup_cfg
+def _demo_config(*args, **kwargs):
+    """The demo's config builder (``setup_cfg``, being renamed ``build_inference_config``)."""
+    from resbackbones.demo import predictor
 
+    build = getattr(predictor, "build_inference_config", None) or predictor.setup_cfg
+    return build(*args, **kwargs)
+
+
+def test_demo_refuses_cpu_on_a_gpu_machine_with_broken_cuda(broken_cuda):
     with pytest.raises(CudaUnavailableError):
-        setup_cfg(QUICK)
-    assert setup_cfg(QUICK, device="cpu").MODEL.DEVICE == "cpu"
+        _demo_config(QUICK)
+    assert _demo_config(QUICK, device="cpu").MODEL.DEVICE == "cpu"
 
 
 def test_demo_falls_back_without_a_gpu(no_gpu):
-    from resbackbones.demo.predictor import setup_cfg
-
-    assert setup_cfg(QUICK).MODEL.DEVICE == "cpu"
+    assert _demo_config(QUICK).MODEL.DEVICE == "cpu"
 
 
 def _launched(monkeypatch, argv):
@@ -243,12 +247,30 @@ def test_two_processes_validate_once_and_fail_or_go_on_together(tmp_path):
 # --- 19.9: the demo knows RetinaNet subclasses ------------------------------------------------
 
 def test_demo_counts_classes_of_resbackbone_retinanet(no_gpu):
-    from resbackbones.demo.predictor import DemoPredictor, setup_cfg
+    from resbackbones.demo.predictor import DemoPredictor
 
-    cfg = setup_cfg(str(REPO / "configs/COCO-Detection/retinanet_resnet50_FPN_1x.yaml"), [
+    cfg = _demo_config(str(REPO / "configs/COCO-Detection/retinanet_resnet50_FPN_1x.yaml"), [
         "MODEL.RESBACKBONE.ARCH", "resnet18", "MODEL.RESBACKBONE.NORM", "BN",
         "MODEL.RESBACKBONE.WEIGHTS", "", "MODEL.RETINANET.NUM_CLASSES", "3",
         "MODEL.ROI_HEADS.NUM_CLASSES", "80", "DATASETS.TEST", "()"])
     assert cfg.MODEL.META_ARCHITECTURE == "ResBackboneRetinaNet"
     predictor = DemoPredictor(cfg)
     assert predictor.class_names == ["class 0", "class 1", "class 2"]
+
+
+# --- the one-shot GPU check refuses a machine without CUDA ---------------------------------------
+
+def test_gpu_check_exits_at_once_without_cuda():
+    import subprocess
+    import sys
+    import time
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: run `make gpu-check` instead")
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, str(REPO / "tools/gpu_check.py")],
+                            capture_output=True, text=True, timeout=120)
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 2
+    assert "CUDA is not available here" in result.stderr and "--smoke" in result.stderr
+    assert elapsed < 30, f"took {elapsed:.1f} s: the CUDA check must come before heavy imports"
