@@ -172,7 +172,7 @@ def test_class_names_from_registered_dataset_or_flag(tmp_path):
         DatasetCatalog.register(name, lambda: [])
         MetadataCatalog.get(name).set(thing_classes=["circle", "square", "triangle"])
     with_dataset = opts + ["DATASETS.TEST", f"('{name}',)"]
-    result = export_model(FASTER_RCNN, str(tmp_path / "a"), "onnx", opts=with_dataset)
+    result = export_model(FASTER_RCNN, str(tmp_path / "a"), "torchscript", opts=with_dataset)
     assert result.meta["class_names"] == ["circle", "square", "triangle"]
     assert name in result.meta["class_names_source"]
     with pytest.raises(ExportError, match="contradicts"):
