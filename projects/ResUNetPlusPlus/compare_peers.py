@@ -157,7 +157,8 @@ def main(argv: List[str] = None) -> Dict[str, Dict[str, float]]:
               flush=True)
         with open(os.path.join(args.output, "compare_peers.json"), "w") as file:
             json.dump({"settings": vars(args), "results": results}, file, indent=2)
-    print(f"| model | Dice | IoU | mIoU | params M | s/iter | CPU s/iter |\n|:--|--:|--:|--:|--:|--:|--:|")
+    print("| model | Dice | IoU | mIoU | params M | s/iter | CPU s/iter |\n"
+          "|:--|--:|--:|--:|--:|--:|--:|")
     for label, r in results.items():
         print(f"| {label} | {r['dice']:.1f} | {r['iou']:.1f} | {r['miou']:.1f} | "
               f"{r['params_M']:.1f} | {r['s_per_iter']:.2f} | {r['cpu_s_per_iter']:.2f} |")

@@ -103,8 +103,8 @@ class ResBackboneEncoder(Backbone):
 
     The stem output is captured by a forward hook on the timm module that ``feature_info[0]``
     names (``act1`` for ResNet-like models, ``stem.conv`` for ResNetV2); the BN-folded inference
-    copy that resbackbones deep-copies from the backbone keeps the hook. Optionally each output is re-weighted by
-    squeeze-and-excitation (the encoders of the catalog lack it, ResUNet++ has it).
+    copy that resbackbones deep-copies from the backbone keeps the hook. Optionally each output
+    is re-weighted by squeeze-and-excitation (the catalog's encoders lack it, ResUNet++ has it).
     """
 
     def __init__(self, backbone: Backbone, skip_se: bool = True, se_reduction: int = 8) -> None:

@@ -52,6 +52,11 @@ def binary_dice_bce_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_val
     """
     if logits.shape[1] != 1:
         raise ValueError(f"binary loss takes one logit channel, got {logits.shape[1]}.")
+    bad = targets[(targets != ignore_value) & ((targets < 0) | (targets > 1))]
+    if bad.numel():
+        raise ValueError(f"Binary target label {int(bad[0])} is not 0, 1 or the ignore value "
+                         f"{ignore_value}; multi-class data needs MODEL.SEM_SEG_HEAD.NUM_CLASSES "
+                         "above 2.")
     valid = (targets != ignore_value).unsqueeze(1).to(logits.dtype)
     foreground = (targets == 1).unsqueeze(1).to(logits.dtype)
     bce = F.binary_cross_entropy_with_logits(logits, foreground, reduction="none")

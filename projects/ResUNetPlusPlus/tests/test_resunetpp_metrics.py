@@ -90,6 +90,8 @@ def test_binary_loss_matches_torch_and_ignores_padding():
     p, t = torch.sigmoid(logits[:, 0])[keep], targets[keep].float()
     want_dice = 1 - (2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1)
     assert losses["loss_dice"].item() == pytest.approx(want_dice.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="NUM_CLASSES"):
+        binary_dice_bce_loss(logits, torch.full((2, 4, 4), 2), 255)
 
 
 def test_multiclass_loss_matches_cross_entropy():

@@ -62,6 +62,11 @@ def test_train_evaluate_and_reload_gives_identical_masks(tmp_path):
         assert info["area_pixels"] == int(row["predicted_pixels"])
         assert 0.5 <= info["confidence"] <= 1.0
 
+    import gradio as gr
+    from demo import build_app  # the project's demo.py
+
+    assert isinstance(build_app(predictor), gr.Blocks)
+
 
 def test_bad_data_stops_before_training(tmp_path):
     data = generate_synthetic_polyps(str(tmp_path / "data"), SyntheticPolypSpec(10, 32, 32))

@@ -19,4 +19,22 @@ from .validation import (
     validate_registered,
 )
 
-__all__ = [k for k in globals().keys() if not k.startswith("_")]
+__all__ = [
+    "LAYOUTS",
+    "PROBLEM_KINDS",
+    "DatasetValidationError",
+    "SegmentationMapper",
+    "SyntheticPolypSpec",
+    "ValidationReport",
+    "generate_synthetic_polyps",
+    "make_split",
+    "parse_dataset_spec",
+    "read_mask",
+    "read_split_file",
+    "register_segmentation_dataset",
+    "render_polyp_image",
+    "scan_pairs",
+    "validate_records",
+    "validate_registered",
+    "write_split_file",
+]
