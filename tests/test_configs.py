@@ -112,6 +112,13 @@ def test_lazy_config_r50_forward_tiny_image():
     with torch.no_grad():
         outputs = model([{"image": torch.rand(3, 64, 96) * 255, "height": 64, "width": 96}])
     assert outputs[0]["instances"].image_size == (64, 96)
+    # The same speed-up layers as the YAML configs' ResBackboneRCNN.from_config builds.
+    from resbackbones.modeling import ParallelROIAlign
+    from resbackbones.modeling.winograd import WinogradDetectron2Conv2d
+
+    assert type(model.roi_heads.box_pooler.level_poolers[0]) is ParallelROIAlign
+    assert type(model.roi_heads.mask_head.mask_fcn1) is WinogradDetectron2Conv2d
+    assert type(model.proposal_generator.rpn_head.conv[0]) is WinogradDetectron2Conv2d
 
 
 @pytest.mark.parametrize("config", [p for p in YAML_CONFIGS if "quick_schedules" in p])

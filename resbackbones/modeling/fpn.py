@@ -12,6 +12,7 @@ import torch
 from detectron2.modeling import FPN
 
 from resbackbones.errors import check_choice
+from resbackbones.modeling.cpu_info import cpu_info
 from resbackbones.modeling.winograd import with_winograd_convolutions
 
 __all__ = ["ResBackboneFPN", "INFERENCE_AMP_CHOICES", "check_inference_amp",
@@ -29,8 +30,9 @@ def check_inference_amp(value: str) -> str:
 def inference_autocast_dtype(setting: str, device: torch.device) -> Optional[torch.dtype]:
     """The autocast dtype for ``setting`` on ``device`` (None: full precision).
 
-    "auto" picks bfloat16 where the device supports it (recent NVIDIA GPUs, CPUs with AVX-512
-    BF16 or AMX, which PyTorch reports through oneDNN), else float16 on CUDA and off on CPU.
+    "auto" picks bfloat16 where the device computes it natively (recent NVIDIA GPUs; CPUs with
+    AVX512-BF16 or AMX, read from the CPU's flags: oneDNN also accepts bf16 on plain AVX-512,
+    emulated and slower than float32), else float16 on CUDA and off on CPU.
     """
     check_inference_amp(setting)
     if setting == "off":
@@ -44,7 +46,7 @@ def inference_autocast_dtype(setting: str, device: torch.device) -> Optional[tor
     mkldnn = getattr(torch.backends, "mkldnn", None)
     supports_bf16 = bool(mkldnn and hasattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported")
                          and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return torch.bfloat16 if supports_bf16 else None
+    return torch.bfloat16 if supports_bf16 and cpu_info().native_bf16 else None
 
 
 class ResBackboneFPN(FPN):

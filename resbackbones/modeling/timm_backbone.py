@@ -46,6 +46,19 @@ def check_channels_last(value: str) -> str:
     return check_choice("MODEL.RESBACKBONE.CHANNELS_LAST", value, CHANNELS_LAST_CHOICES)
 
 
+def channels_last_applies(setting: str, device_type: str, training: bool, autocast: bool) -> bool:
+    """The rule behind ``MODEL.RESBACKBONE.CHANNELS_LAST``.
+
+    "auto": on the CPU always (measured gains in BENCHMARKS.md); on CUDA only at inference under
+    autocast. CUDA training stays NCHW until a GPU measurement shows channels-last pays there
+    (NHWC activations with NCHW weights re-layout the weights at every step; see
+    ``tools/gpu_check.py``). "on" and "off" force it.
+    """
+    if setting == "auto":
+        return device_type == "cpu" or (not training and autocast)
+    return setting == "on"
+
+
 def check_out_features(value: Sequence[str]) -> List[str]:
     """The owner of ``MODEL.RESBACKBONE.OUT_FEATURES``: returns them in stage order or raises."""
     if not value or any(name not in STAGE_NAMES for name in value):
@@ -174,17 +187,11 @@ class TimmBackbone(Backbone):
         return dict(zip(self._out_features, features))
 
     def uses_channels_last(self, x: torch.Tensor) -> bool:
-        """Whether this forward runs channels-last (see ``channels_last`` in ``__init__``).
-
-        "auto": on the CPU always (measured gains in BENCHMARKS.md); on CUDA only at inference
-        under autocast. CUDA training stays NCHW until a GPU measurement shows channels-last
-        pays there: NHWC activations with NCHW weights re-layout the weights at every step.
-        """
-        if self.channels_last == "auto":
-            if x.device.type == "cpu":
-                return True
-            return not self.training and torch.is_autocast_enabled(x.device.type)
-        return self.channels_last == "on"
+        """Whether this forward runs channels-last (see :func:`channels_last_applies`)."""
+        device = x.device.type
+        return channels_last_applies(
+            self.channels_last, device, self.training,
+            autocast=device != "cpu" and torch.is_autocast_enabled(device))
 
     def train(self, mode: bool = True) -> "TimmBackbone":
         """Also drops the BN-folded inference copy when training resumes (it would otherwise

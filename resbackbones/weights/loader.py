@@ -349,7 +349,7 @@ def load_backbone_weights(
     weights: str,
     allow_partial: bool = False,
 ) -> WeightLoadReport:
-    """Load ``weights`` into a :class:`~resbackbones.modeling.TimmResNetBackbone` and report.
+    """Load ``weights`` into a :class:`~resbackbones.modeling.TimmBackbone` and report.
 
     Args:
         backbone: the bottom-up backbone (its ``body`` holds the timm model).
