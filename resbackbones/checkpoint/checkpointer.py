@@ -49,7 +49,8 @@ from resbackbones.weights.loader import (
 )
 from resbackbones.weights.safe_pickle import safe_load_pickle
 
-__all__ = ["ResBackboneCheckpointer", "DETECTRON2_URL_PREFIX", "resolve_checkpoint_path"]
+__all__ = ["ResBackboneCheckpointer", "DETECTRON2_URL_PREFIX", "iopath_cache_file",
+           "resolve_checkpoint_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ DETECTRON2_URL_PREFIX = "https://dl.fbaipublicfiles.com/detectron2/"
 _D2_SCHEME = "detectron2://"
 
 
-def _iopath_cache_file(url: str) -> str:
+def iopath_cache_file(url: str) -> str:
     """Where iopath's HTTP handler caches ``url`` (it reuses the file when it is there)."""
     from iopath.common.file_io import get_cache_dir
 
@@ -86,7 +87,7 @@ def resolve_checkpoint_path(path: str) -> str:
         return path
     url = DETECTRON2_URL_PREFIX + path[len(_D2_SCHEME):] if path.startswith(_D2_SCHEME) else path
     if url.startswith(("http://", "https://")):
-        cached = _iopath_cache_file(url)
+        cached = iopath_cache_file(url)
         if os.path.isfile(cached):
             return cached
         try:

@@ -25,7 +25,7 @@ import uuid
 from typing import Callable, Optional
 
 from resbackbones.checkpoint import WeightsUnavailableError
-from resbackbones.checkpoint.checkpointer import DETECTRON2_URL_PREFIX, _iopath_cache_file
+from resbackbones.checkpoint.checkpointer import DETECTRON2_URL_PREFIX, iopath_cache_file
 
 __all__ = [
     "DownloadError",
@@ -75,7 +75,7 @@ def model_zoo_url(name: str, base_url: Optional[str] = None) -> str:
 
 def model_zoo_cache_path(name: str) -> str:
     """Where Detectron2 caches (and looks for) a model-zoo file: iopath's path for its URL."""
-    return _iopath_cache_file(DETECTRON2_URL_PREFIX + _model_zoo_name(name))
+    return iopath_cache_file(DETECTRON2_URL_PREFIX + _model_zoo_name(name))
 
 
 def _model_zoo_name(name: str) -> str:
