@@ -7,6 +7,11 @@ AVX-512 machine, a 256->256 3x3 conv on a 200x336 P2 map takes 0.15 s instead of
 Winograd is still float32 arithmetic, but it rounds differently from a direct convolution:
 relative differences of ~1e-5 per layer (tests/test_speedups.py states the tolerance), as when
 cuDNN picks a Winograd algorithm on a GPU. Training and CUDA keep PyTorch's own path.
+
+The gain depends on the CPU: large on an AMD EPYC, small or negative on an Intel Xeon whose
+oneDNN direct convolutions use AVX-512 well. So each shape bucket takes NNPACK only where a
+one-off measurement on this machine found it at least 10% faster
+(:mod:`resbackbones.modeling.kernel_choice`, cached per CPU model and PyTorch version).
 """
 from __future__ import annotations
 
@@ -16,6 +21,9 @@ from typing import Optional
 import torch
 from detectron2.layers import Conv2d as Detectron2Conv2d
 from torch import nn
+from torch.nn import functional as F
+
+from resbackbones.modeling.kernel_choice import choose_kernel, shape_bucket
 
 __all__ = ["WinogradConv2d", "WinogradDetectron2Conv2d", "nnpack_available",
            "with_winograd_convolutions", "winograd_applies"]
@@ -39,10 +47,31 @@ def _eligible_layer(conv: nn.Conv2d) -> bool:
 
 
 def winograd_applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
-    """Whether this call of ``conv`` on ``x`` runs through NNPACK."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
-            and conv.weight.dtype == torch.float32 and not torch.is_grad_enabled()
-            and x.shape[0] * x.shape[-2] * x.shape[-1] >= MIN_WINOGRAD_PIXELS and nnpack_available())
+    """Whether this call of ``conv`` on ``x`` runs through NNPACK.
+
+    Eligible calls (CPU, float32 without autocast, no grad, large enough) go through NNPACK
+    where this machine measured it faster for the shape (:mod:`kernel_choice`; always with
+    ``RESBACKBONES_CPU_TUNING=off``). Under bf16 autocast oneDNN's direct bf16 kernels are
+    used instead: Winograd would compute in float32.
+    """
+    eligible = (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+                and conv.weight.dtype == torch.float32 and not torch.is_grad_enabled()
+                and not torch.is_autocast_enabled("cpu")
+                and x.shape[0] * x.shape[-2] * x.shape[-1] >= MIN_WINOGRAD_PIXELS
+                and nnpack_available())
+    return eligible and _measured_faster(conv, x)
+
+
+def _measured_faster(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """Whether NNPACK beats oneDNN's direct convolution for this layer's shape bucket here."""
+    weight, bias = conv.weight, conv.bias
+    candidates = {
+        "direct": lambda: F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation,
+                                   conv.groups),
+        "winograd": lambda: _nnpack_conv(conv, x, weight, bias),
+    }
+    kind = f"conv3x3 {conv.in_channels}->{conv.out_channels}"
+    return choose_kernel(kind, shape_bucket(x), candidates, fixed_rule="winograd") == "winograd"
 
 
 def _nnpack_conv(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor,
