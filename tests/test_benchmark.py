@@ -74,7 +74,12 @@ def test_benchmark_tool_runs_and_writes_table(tmp_path):
     text = output.read_text()
     assert "| resbackbones" in text and "| detectron2 built-in" in text
     assert "vs built-in" in text and "### Scaling" in text
-    assert (tmp_path / "benchmark_scaling_cpu.png").stat().st_size > 1000
+    # One section and plot per CPU model, named after it, with its ISA in the heading.
+    plots = list(tmp_path.glob("benchmark_scaling_cpu-*.png"))
+    assert len(plots) == 1 and plots[0].stat().st_size > 1000
+    section = plots[0].name[len("benchmark_scaling_"):-len(".png")]
+    assert f"<!-- BEGIN {section} -->" in text
+    assert re.search(r"## CPU: CPU .+ \(.*PyTorch kernels \w+\), \d+ threads", text)
     row = next(line for line in text.splitlines() if line.startswith("| resbackbones "))
     detections = int(row.split("|")[9])
     assert 0 < detections <= 10

@@ -16,6 +16,7 @@ import sys
 
 import torch
 
+from resbackbones.benchmark.harness import device_section
 from resbackbones.benchmark.report import plot_scaling, section_body, write_section
 from resbackbones.benchmark.run import BenchmarkSettings, run_comparison, run_scaling
 
@@ -47,7 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--output", default="BENCHMARKS.md")
     parser.add_argument("--section", default=None,
-                        help="section of the output to replace (default: cpu or cuda)")
+                        help="section of the output to replace (default: cpu-<CPU model> or "
+                             "cuda: one section per machine)")
     parser.add_argument("--onnx", action="store_true",
                         help="instead: time the ONNX export under ONNX Runtime against the eager "
                              "model, same weights and run (section <device>-onnx)")
@@ -79,10 +81,11 @@ def onnx_section(settings, output: str, section=None) -> int:
 
     result = run_exported_comparison(settings, onnx_exporter)
     kind = "cuda" if settings.device.startswith("cuda") else "cpu"
-    body = "\n".join([f"## {kind.upper()}: ONNX Runtime vs eager PyTorch", "",
+    body = "\n".join([f"## {kind.upper()}: ONNX Runtime vs eager PyTorch, {result.device_name}", "",
                       f"Measured {datetime.date.today().isoformat()}.", "",
                       exported_markdown(result)])
-    write_section(output, section or f"{kind}-onnx", body)
+    write_section(output, section or f"{device_section(torch.device(settings.device))}-onnx",
+                  body)
     print(body)
     print(f"\nwrote {output}")
     return 0
@@ -103,15 +106,15 @@ def main(argv=None) -> int:
     result = run_comparison(settings)
     scaling = []
     plot_name = None
-    device_kind = "cuda" if args.device.startswith("cuda") else "cpu"
+    section = args.section or device_section(torch.device(args.device))
     if not args.no_scaling:
         sizes = [tuple(int(v) for v in size.lower().split("x")) for size in args.scaling_sizes]
         scaling = run_scaling(settings, args.scaling_archs, sizes, args.scaling_size_arch)
-        plot_name = f"benchmark_scaling_{device_kind}.png"
+        plot_name = f"benchmark_scaling_{section}.png"
         plot_scaling(scaling, os.path.join(os.path.dirname(os.path.abspath(args.output)),
                                            plot_name))
     body = section_body(result, scaling, plot_name)
-    write_section(args.output, args.section or device_kind, body)
+    write_section(args.output, section, body)
     print(body)
     print(f"\nwrote {args.output}")
     return 0

@@ -6,14 +6,18 @@ all of them alike; results are medians with the inter-quartile spread.
 from __future__ import annotations
 
 import functools
+import os
+import re
 import statistics
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import psutil
 import torch
+
+from resbackbones.modeling.cpu_info import cpu_info
 
 
 @dataclass
@@ -174,21 +178,50 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 
 def describe_device(device: torch.device) -> str:
-    """A human-readable name of the device the figures come from."""
+    """A human-readable name of the device the figures come from; for a CPU its model, the ISA
+    extensions that decide which kernels run (AVX2, AVX-512, AVX512-BF16, AMX) and threads."""
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    import platform
+    return (f"CPU {cpu_info().describe()}, {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}")
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"CPU {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+def device_section(device: torch.device) -> str:
+    """The BENCHMARKS.md section a run on ``device`` writes: one per CPU model (figures of
+    one CPU family say little about another), e.g. ``cpu-intel-xeon-processor``;
+    ``cuda`` for GPUs."""
+    if device.type == "cuda":
+        return "cuda"
+    model = re.sub(r"\((r|tm)\)|\bcpu\b|@.*", " ", cpu_info().model.lower())
+    return "cpu-" + (re.sub(r"[^a-z0-9]+", "-", model).strip("-") or "unknown")
+
+
+# FLOP per cycle and core: FMA = 2 FLOP per lane. AVX-512: 16 fp32 lanes x 2 FMA units (server
+# cores; some have one); AVX2: 8 lanes x 2 units; AVX512-BF16: VDPBF16PS, 32 bf16 products per
+# unit; AMX: one TMUL does a 16x32 by 32x16 bf16 tile product (16384 FLOP) every 16 cycles.
+_FP32_FLOP_PER_CYCLE = (("avx512f", "AVX-512 FMA", 64), ("avx2", "AVX2 FMA", 32))
+_BF16_FLOP_PER_CYCLE = (("amx_bf16", "AMX", 1024), ("avx512_bf16", "AVX512-BF16", 128))
+
+
+def cpu_peak_flops(threads: Optional[int] = None) -> List[Tuple[str, str, float]]:
+    """This CPU's peak FLOP/s per precision: (precision, how it is computed, FLOP/s).
+
+    cores (threads used, at most the CPUs) x GHz (the nominal clock of /proc/cpuinfo; turbo
+    may run faster) x FLOP/cycle of the widest unit present. Empty when the clock is unknown.
+    """
+    info = cpu_info()
+    if not info.mhz:
+        return []
+    cores = min(threads or torch.get_num_threads(), os.cpu_count() or 1)
+    ghz = info.mhz / 1000
+    peaks = []
+    for precision, table in (("fp32", _FP32_FLOP_PER_CYCLE), ("bf16", _BF16_FLOP_PER_CYCLE)):
+        for flag, unit, per_cycle in table:
+            if flag in info.flags:
+                peaks.append((precision, f"{cores} cores x {ghz:.2f} GHz x {per_cycle} FLOP/cycle "
+                              f"({unit})", cores * ghz * 1e9 * per_cycle))
+                break
+    return peaks
 
 
 def ratio_table(timings: Dict[str, Timing], reference: str) -> List[Sequence]:

@@ -12,6 +12,7 @@ from typing import List, Optional
 
 from tabulate import tabulate
 
+from resbackbones.benchmark.harness import cpu_peak_flops
 from resbackbones.benchmark.run import REFERENCE, ComparisonResult, ScalingRow
 
 HEADER = """# Benchmarks
@@ -24,6 +25,9 @@ the input and the box classifier is biased so that every detector returns a full
 detections (see `resbackbones/benchmark/contenders.py`). FLOPs are counted by PyTorch's
 `FlopCounterMode` on the real input (2 FLOPs per multiply-add); a Winograd convolution counts as
 the direct convolution it replaces, so GFLOPs and TFLOP/s compare like with like.
+
+One section per machine: CPU sections are named after the CPU model and list its ISA extensions
+(AVX2, AVX-512, AVX512-BF16, AMX), because which kernels pay differs between CPU families.
 
 Rows: **resbackbones** is a detector built from this project's config (`ResBackboneRCNN`, all
 default speed-ups); **resbackbones, stock GeneralizedRCNN** is the same backbone and weights
@@ -75,6 +79,9 @@ def comparison_markdown(result: ComparisonResult) -> str:
         "",
     ]
     lines += [f"- **{name}**: {text}" for name, text in result.descriptions.items()]
+    if not settings.device.startswith("cuda"):
+        lines += [f"- Peak {precision} of this CPU: {how} = {flops / 1e12:.2f} TFLOP/s."
+                  for precision, how, flops in cpu_peak_flops()]
     for name, fraction in result.agreement_with_reference.items():
         lines.append(f"- Same weights, same network: {fraction:.0%} of the built-in model's "
                      f"detections are reproduced by {name} (IoU > 0.99).")
