@@ -90,9 +90,11 @@ def add_resbackbone_config(cfg: CN) -> CN:
     # At inference (eval mode, no grad) run a copy of the bottom-up network whose BatchNorms are
     # folded into the preceding convolutions; rebuilt whenever the weights change.
     cfg.MODEL.RESBACKBONE.FOLD_BN_FOR_INFERENCE = True
-    # Mixed precision for backbone + FPN at inference: "off", "bf16", "fp16" or "auto" (bf16 where
-    # the device supports it, else fp16). Off by default: it changes outputs beyond float32
-    # tolerance. Training AMP is Detectron2's SOLVER.AMP.ENABLED.
+    # Mixed precision at inference for backbone + FPN (and, with ResBackboneRCNN, the RPN and ROI
+    # heads): "off", "bf16", "fp16" or "auto" (bf16 where the device computes it natively: GPUs,
+    # CPUs with AVX512-BF16 or AMX; else fp16 on CUDA, off on CPU). Off by default: it changes
+    # outputs beyond float32 tolerance (COCO AP within 0.5, tests/test_train.py). Training AMP
+    # is Detectron2's SOLVER.AMP.ENABLED.
     cfg.MODEL.RESBACKBONE.INFERENCE_AMP = "off"
     # torch.compile the bottom-up network for inference (first call compiles, each new input
     # size recompiles); falls back to eager with a warning where compilation fails.
@@ -102,8 +104,11 @@ def add_resbackbone_config(cfg: CN) -> CN:
     # meta-architecture runs the RPN and mask head channels-last when CHANNELS_LAST applies.
     cfg.MODEL.RESBACKBONE.PARALLEL_ROI_ALIGN = True
     # At inference on CPU, compute the FPN's 3x3 output convs (and, with ResBackboneRCNN or
-    # ResBackboneRetinaNet, the 3x3 convs of the heads) with NNPACK's Winograd kernels: 2-2.7x
-    # faster on large maps, still float32, relative differences ~1e-5 (tests/test_speedups.py).
+    # ResBackboneRetinaNet, the 3x3 convs of the heads) with NNPACK's Winograd kernels where this
+    # CPU runs them faster: measured once per shape bucket, CPU model and torch version, cached in
+    # ~/.cache/resbackbones (modeling/kernel_choice.py; $RESBACKBONES_CPU_TUNING=off: always).
+    # 2-2.7x faster on an AMD EPYC, little or nothing on an Intel Xeon with AVX-512. Still
+    # float32, relative differences ~1e-5 (tests/test_speedups.py).
     cfg.MODEL.RESBACKBONE.WINOGRAD = True
     # Checks of the COCO-format data sets before step 0 (this project's trainer, on rank 0).
     # Their own namespace: Detectron2's DATASETS keys stay Detectron2's.

@@ -2,7 +2,8 @@
 
 The bottom-up network may run channels-last and under autocast; the ROI heads must not
 (torchvision's CPU ROIAlign makes every channels-last input contiguous again, on every call, and
-the heads are not meant to see half precision). So features leave here as float32 NCHW, once.
+Detectron2's heads expect the features in float32; ``ResBackboneRCNN`` puts them under its own
+autocast where ``INFERENCE_AMP`` asks). So features leave here as float32 NCHW, once.
 """
 from __future__ import annotations
 

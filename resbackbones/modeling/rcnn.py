@@ -9,7 +9,12 @@ which torchvision runs on one thread. At CPU inference this meta-architecture:
 * runs the mask head's upsampling deconv and predictor channels-last (and, without Winograd, the
   RPN on the FPN's channels-last features and the whole mask head channels-last); the ROI heads
   get NCHW features, converted once (torchvision's CPU ROIAlign would re-layout them per call);
-* splits ROIAlign's ROIs over all CPU threads (:class:`ParallelROIAlign`, bit-identical).
+* splits ROIAlign's ROIs over all CPU threads (:class:`ParallelROIAlign`, bit-identical);
+* with ``MODEL.RESBACKBONE.INFERENCE_AMP`` (bf16 on CPUs with AVX512-BF16/AMX), runs the RPN
+  and ROI heads under the same autocast as backbone + FPN: their convs and the box head's
+  fully connected layers are most of the time left once backbone + FPN run in bf16. Box
+  decoding, NMS and ROIAlign stay float32 (Detectron2 and torchvision cast), and the returned
+  scores and masks are float32.
 
 Weights, state-dict keys and training are those of GeneralizedRCNN, so checkpoints move freely
 between the two meta-architectures.
@@ -24,7 +29,12 @@ from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.structures import Instances
 from torch import nn
 
-from resbackbones.modeling.fpn import ResBackboneFPN
+from resbackbones.modeling.fpn import (
+    ResBackboneFPN,
+    check_inference_amp,
+    inference_autocast_dtype,
+)
+from resbackbones.modeling.kernel_choice import tuning_mode
 from resbackbones.modeling.roi_align import with_parallel_roi_align
 from resbackbones.modeling.timm_backbone import check_channels_last
 from resbackbones.modeling.winograd import nnpack_available, with_winograd_convolutions
@@ -55,6 +65,15 @@ def _heads_use_channels_last(setting: str, training: bool, device: torch.device)
     return setting == "on"
 
 
+def _float_fields(instances: Instances) -> Instances:
+    """``instances`` with its half-precision fields (scores, mask probabilities) in float32:
+    what the heads return without autocast."""
+    for name, value in instances.get_fields().items():
+        if isinstance(value, torch.Tensor) and value.dtype in (torch.bfloat16, torch.float16):
+            instances.set(name, value.float())
+    return instances
+
+
 @META_ARCH_REGISTRY.register()
 class ResBackboneRCNN(GeneralizedRCNN):
     """GeneralizedRCNN whose inference runs the heads in the faster CPU layouts.
@@ -69,7 +88,7 @@ class ResBackboneRCNN(GeneralizedRCNN):
 
     @configurable
     def __init__(self, *, heads_channels_last: str = "auto", winograd_heads: bool = False,
-                 **kwargs) -> None:
+                 heads_inference_amp: str = "off", **kwargs) -> None:
         """
         Args:
             heads_channels_last: "auto" (on for CPU inputs), "on" or "off": use channels-last
@@ -77,10 +96,14 @@ class ResBackboneRCNN(GeneralizedRCNN):
             winograd_heads: whether the heads' 3x3 convs are Winograd convs (built by
                 ``from_config``); they take NCHW, so then only the mask head's deconv and
                 predictor run channels-last.
+            heads_inference_amp: autocast of the RPN and ROI heads at inference, one of
+                ``INFERENCE_AMP_CHOICES`` (as backbone + FPN: ``MODEL.RESBACKBONE.INFERENCE_AMP``);
+                outputs are returned in float32.
             kwargs: the arguments of :class:`GeneralizedRCNN`.
         """
         super().__init__(**kwargs)
         self.heads_channels_last = check_channels_last(heads_channels_last)
+        self.heads_inference_amp = check_inference_amp(heads_inference_amp)
         # Winograd convs take NCHW; the layers after them (deconv, 1x1 predictor) are ~1.8x
         # faster channels-last. Without Winograd the whole mask head is faster channels-last.
         hook = _ChannelsLastInput(self.heads_channels_last)
@@ -88,7 +111,10 @@ class ResBackboneRCNN(GeneralizedRCNN):
             if isinstance(module, nn.ConvTranspose2d):
                 module.register_forward_pre_hook(hook)
         mask_head = getattr(self.roi_heads, "mask_head", None)
-        if mask_head is not None and not winograd_heads:
+        # Where Winograd is measured per shape (kernel_choice), the mask head's convs may stay
+        # direct: give it channels-last input anyway (the measurement charges NNPACK the
+        # conversion back to NCHW).
+        if mask_head is not None and (not winograd_heads or tuning_mode() != "off"):
             mask_head.register_forward_pre_hook(hook)
 
     @classmethod
@@ -96,10 +122,11 @@ class ResBackboneRCNN(GeneralizedRCNN):
         arguments = super().from_config(cfg)
         if "RESBACKBONE" in cfg.MODEL:
             settings = cfg.MODEL.RESBACKBONE
-            channels_last, parallel_roi_align, winograd = (
-                settings.CHANNELS_LAST, settings.PARALLEL_ROI_ALIGN, settings.WINOGRAD)
+            channels_last, parallel_roi_align, winograd, amp = (
+                settings.CHANNELS_LAST, settings.PARALLEL_ROI_ALIGN, settings.WINOGRAD,
+                settings.INFERENCE_AMP)
         else:  # a plain Detectron2 config: every speed-up with its default
-            channels_last, parallel_roi_align, winograd = "auto", True, True
+            channels_last, parallel_roi_align, winograd, amp = "auto", True, True, "off"
         winograd = winograd and nnpack_available()
         if winograd:
             arguments["proposal_generator"] = with_winograd_convolutions(
@@ -107,7 +134,8 @@ class ResBackboneRCNN(GeneralizedRCNN):
             arguments["roi_heads"] = with_winograd_convolutions(arguments["roi_heads"])
         if parallel_roi_align:
             arguments["roi_heads"] = with_parallel_roi_align(arguments["roi_heads"])
-        return {**arguments, "heads_channels_last": channels_last, "winograd_heads": winograd}
+        return {**arguments, "heads_channels_last": channels_last, "winograd_heads": winograd,
+                "heads_inference_amp": amp}
 
     def inference(
         self,
@@ -116,17 +144,24 @@ class ResBackboneRCNN(GeneralizedRCNN):
         do_postprocess: bool = True,
     ):
         """Same contract as :meth:`GeneralizedRCNN.inference`."""
+        channels_last = _heads_use_channels_last(self.heads_channels_last, self.training,
+                                                 self.device)
+        amp_dtype = None
+        if not self.training and not torch.is_grad_enabled():
+            amp_dtype = inference_autocast_dtype(self.heads_inference_amp, self.device)
         if not (isinstance(self.backbone, ResBackboneFPN) and detected_instances is None
-                and self.proposal_generator is not None
-                and _heads_use_channels_last(self.heads_channels_last, self.training,
-                                             self.device)):
+                and self.proposal_generator is not None and (channels_last or amp_dtype)):
             return super().inference(batched_inputs, detected_instances, do_postprocess)
         assert not self.training
         images = self.preprocess_image(batched_inputs)
-        features = self.backbone.forward_any_layout(images.tensor)
-        proposals, _ = self.proposal_generator(images, features, None)
-        nchw_features = {name: feature.contiguous() for name, feature in features.items()}
-        results, _ = self.roi_heads(images, nchw_features, proposals, None)
+        features = (self.backbone.forward_any_layout(images.tensor) if channels_last
+                    else self.backbone(images.tensor))
+        with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            proposals, _ = self.proposal_generator(images, features, None)
+            nchw_features = {name: feature.contiguous() for name, feature in features.items()}
+            results, _ = self.roi_heads(images, nchw_features, proposals, None)
+        if amp_dtype is not None:
+            results = [_float_fields(instances) for instances in results]
         if do_postprocess:
             return GeneralizedRCNN._postprocess(results, batched_inputs, images.image_sizes)
         return results
