@@ -2,9 +2,9 @@
 
 Tolerances on a Mask R-CNN R18-FPN with calibrated random weights (bf16 keeps 8 bits of
 mantissa, so scores move by up to ~1e-2, and random weights give many near-tied scores that
-then swap in and out of the top 20; measured 75% kept): at least 60% of the float32 detections are
-found again (IoU > 0.9), with scores within 3e-2; outputs are float32. The COCO AP of a trained model in bf16
-is checked against float32 in tests/test_train.py (within 0.5 AP).
+then swap in and out of the top 20; measured 75% kept): at least 60% of the float32 detections
+are found again (IoU > 0.9), with scores within 3e-2; outputs are float32. The COCO AP of a
+trained model in bf16 is checked against float32 in tests/test_train.py (within 0.5 AP).
 """
 import pytest
 import torch

@@ -39,6 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--train-repeats", type=int, default=defaults.train_repeats)
     parser.add_argument("--no-training", action="store_true")
     parser.add_argument("--no-scaling", action="store_true")
+    parser.add_argument("--bf16", action="store_true",
+                        help="add rows: ours with INFERENCE_AMP bf16 and the built-in under bf16 "
+                             "autocast (inference only, same weights)")
     parser.add_argument("--scaling-archs", nargs="+", default=SCALING_ARCHS)
     parser.add_argument("--scaling-sizes", nargs="+", default=SCALING_SIZES,
                         help="HEIGHTxWIDTH input sizes for the size sweep")
@@ -100,7 +103,7 @@ def main(argv=None) -> int:
         config_file=args.config_file, arch=args.arch, height=args.height, width=args.width,
         warmup=args.warmup, repeats=args.repeats, train_batch=args.train_batch,
         train_repeats=args.train_repeats, include_training=not args.no_training,
-        device=args.device, opts=args.opts)
+        device=args.device, opts=args.opts, include_bf16=args.bf16)
     if args.onnx:
         return onnx_section(settings, args.output, args.section)
     result = run_comparison(settings)

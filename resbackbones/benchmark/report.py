@@ -13,7 +13,14 @@ from typing import List, Optional
 from tabulate import tabulate
 
 from resbackbones.benchmark.harness import cpu_peak_flops
-from resbackbones.benchmark.run import REFERENCE, ComparisonResult, ScalingRow
+from resbackbones.benchmark.run import (
+    OURS_BF16,
+    REFERENCE,
+    REFERENCE_BF16,
+    STOCK_HEADS,
+    ComparisonResult,
+    ScalingRow,
+)
 
 HEADER = """# Benchmarks
 
@@ -54,7 +61,7 @@ def comparison_markdown(result: ComparisonResult) -> str:
                f"{result.parameters[name] / 1e6:.1f}", f"{result.flops[name] / 1e9:.0f}",
                f"{tflops:.3f}", result.detections[name]]
         if result.training and name not in result.training:
-            row += ["(as resbackbones)", "", ""]
+            row += ["(as resbackbones)" if name == STOCK_HEADS else "(inference only)", "", ""]
         elif result.training:
             train = result.training[name]
             reference_train = result.training[REFERENCE].median
@@ -79,6 +86,10 @@ def comparison_markdown(result: ComparisonResult) -> str:
         "",
     ]
     lines += [f"- **{name}**: {text}" for name, text in result.descriptions.items()]
+    if OURS_BF16 in result.inference and REFERENCE_BF16 in result.inference:
+        same_precision = (result.inference[REFERENCE_BF16].median
+                          / result.inference[OURS_BF16].median)
+        lines.append(f"- Same precision: {OURS_BF16} is {same_precision:.2f}x {REFERENCE_BF16}.")
     if not settings.device.startswith("cuda"):
         lines += [f"- Peak {precision} of this CPU: {how} = {flops / 1e12:.2f} TFLOP/s."
                   for precision, how, flops in cpu_peak_flops()]

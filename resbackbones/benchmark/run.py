@@ -49,6 +49,11 @@ REFERENCE = "detectron2 built-in"
 # Our backbone under Detectron2's own GeneralizedRCNN: separates what the backbone gains from
 # what ResBackboneRCNN's head speed-ups add. Training is the same code, so it is not re-timed.
 STOCK_HEADS = "resbackbones, stock GeneralizedRCNN"
+# With BenchmarkSettings.include_bf16: our detector with INFERENCE_AMP bf16, and the built-in
+# twin under the same bf16 autocast (the same-precision reference). Inference only.
+OURS_BF16 = "resbackbones bf16"
+REFERENCE_BF16 = "detectron2 built-in, bf16 autocast"
+INFERENCE_ONLY = (STOCK_HEADS, OURS_BF16, REFERENCE_BF16)
 
 @dataclass
 class BenchmarkSettings:
@@ -64,6 +69,7 @@ class BenchmarkSettings:
     train_repeats: int = 3
     include_training: bool = True
     include_torchvision: bool = True
+    include_bf16: bool = False
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     opts: List[str] = field(default_factory=list)
 
@@ -167,10 +173,39 @@ def build_contenders(settings: BenchmarkSettings, weights_dir: str) -> List[Cont
             "the same backbone and weights as resbackbones under Detectron2's GeneralizedRCNN "
             "(without ResBackboneRCNN's head speed-ups)",
             state_dict=ours_contender.model.state_dict()))
+    if settings.include_bf16:
+        contenders += bf16_contenders(settings, ours, image, twin_state,
+                                      ours_contender.model.state_dict())
     if settings.include_torchvision and arch == "resnet50":
         contenders.append(torchvision_contender(image, torch.device(settings.device),
                                                 settings.train_batch, ours.MODEL.MASK_ON))
     return contenders
+
+
+def bf16_contenders(settings: BenchmarkSettings, ours, image, twin_state: dict,
+                    our_state: dict) -> List[Contender]:
+    """Ours with ``INFERENCE_AMP bf16`` (whole detector) and the built-in twin with its whole
+    inference under ``torch.autocast(bf16)``, both on the same weights as the float32 rows."""
+    device = torch.device(settings.device)
+    bf16 = ours.clone()
+    bf16.defrost()
+    bf16.MODEL.RESBACKBONE.INFERENCE_AMP = "bf16"
+    ours_bf16 = detectron2_contender(
+        OURS_BF16, bf16, image, settings.train_batch,
+        "resbackbones with INFERENCE_AMP bf16: backbone, FPN, RPN and ROI heads under bf16 "
+        "autocast, float32 outputs; same weights", state_dict=our_state)
+    reference = detectron2_contender(
+        REFERENCE_BF16, builtin_twin_config(ours), image, settings.train_batch,
+        "the built-in twin, whole inference under torch.autocast(bfloat16); same weights",
+        state_dict=twin_state)
+    float32_infer = reference.infer
+
+    def infer_bf16():
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return float32_infer()
+
+    reference.infer = infer_bf16
+    return [ours_bf16, reference]
 
 
 def run_comparison(settings: BenchmarkSettings) -> ComparisonResult:
@@ -200,7 +235,7 @@ def run_comparison(settings: BenchmarkSettings) -> ComparisonResult:
                                         progress=lambda _: bar.update())
     training: Dict[str, Timing] = {}
     if settings.include_training:
-        trained = [c for c in contenders if c.name != STOCK_HEADS]
+        trained = [c for c in contenders if c.name not in INFERENCE_ONLY]
         total = len(trained) * (settings.warmup + settings.train_repeats)
         with tqdm(total=total, desc="training", leave=False) as bar:
             training = measure_interleaved({c.name: c.train_step for c in trained}, device,
