@@ -7,7 +7,11 @@ import numpy as np
 import torch
 from detectron2.modeling import build_model
 
-from resbackbones.benchmark.contenders import bias_towards_one_class, calibrate_frozen_batchnorm
+from resbackbones.benchmark.contenders import (
+    bias_towards_one_class,
+    calibrate_frozen_batchnorm,
+    synthetic_image,
+)
 from resbackbones.config import build_config
 from resbackbones.deploy.export import compare_detections, sample_image
 from resbackbones.deploy.onnx_runner import OnnxDetector, preprocess
@@ -92,7 +96,12 @@ def runner_detections(model_dir: Path, rgb: np.ndarray) -> dict:
     return result
 
 
-def assert_same_detections(reference: dict, other: dict) -> None:
+def assert_same_detections(reference: dict, other: dict, large_mask_iou: float = 0.99,
+                           small_mask_iou: float = 0.99) -> None:
+    """All detections matched one to one; boxes within 0.5 px, scores within 1e-3, the same
+    classes; mask IoU >= ``large_mask_iou`` for masks of 400 pixels or more (all 28x28 model
+    masks) and >= ``small_mask_iou`` for smaller pasted ones, whose boundary pixels a 0.05 px
+    box difference already moves."""
     report = compare_detections(reference, other)
     assert report["reference"] > 0, "the test model must detect something"
     assert report["matched"] == report["reference"] == report["other"], report
@@ -100,14 +109,12 @@ def assert_same_detections(reference: dict, other: dict) -> None:
     assert report["max_score_difference"] < 1e-3, report
     assert report["classes_equal"], report
     if "masks" in reference:
-        assert report["min_mask_iou"] >= 0.99, report
+        assert report["min_large_mask_iou"] >= large_mask_iou, report
+        assert report["min_mask_iou"] >= min(small_mask_iou, large_mask_iou), report
 
 
-def other_image(seed: int = 7) -> np.ndarray:
-    """An image of another size and aspect ratio than the traced one (resized by the runner)."""
-    rng = np.random.default_rng(seed)
-    image = np.full((250, 333, 3), 180, dtype=np.uint8)
-    for _ in range(6):
-        y, x = rng.integers(0, 200), rng.integers(0, 280)
-        image[y:y + rng.integers(20, 60), x:x + rng.integers(20, 60)] = rng.integers(0, 255, 3)
-    return image
+def other_image(seed: int = 3) -> np.ndarray:
+    """An image of another size and aspect ratio than the traced one (the runner resizes it):
+    a colour gradient with flat rectangles, textured enough for random weights to find
+    objects of a few hundred pixels."""
+    return synthetic_image(250, 333, seed=seed)
