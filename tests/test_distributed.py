@@ -302,6 +302,7 @@ def test_elastic_restart_after_sigkill_resumes_from_the_last_checkpoint(data_fla
                 worker.kill()
     print(f"torchrun --max-restarts 1, one worker SIGKILLed: "
           f"{time.perf_counter() - start:.1f} s wall")
+    (tmp_path / "torchrun.out").write_text(output)
     assert agent.returncode == 0, output[-4000:]
     log = (tmp_path / "log.txt").read_text()
     assert "Restart 1 of this job: resuming from the last checkpoint" in log

@@ -332,8 +332,20 @@ def init_process_group_from_environment(launch_env: LaunchEnvironment, device: s
     # env:// reads these four; SLURM does not set them, torchrun does (same values).
     os.environ.update(MASTER_ADDR=launch_env.master_addr, MASTER_PORT=str(launch_env.master_port),
                       RANK=str(launch_env.rank), WORLD_SIZE=str(launch_env.world_size))
-    dist.init_process_group(backend=backend, init_method="env://", rank=launch_env.rank,
-                            world_size=launch_env.world_size, timeout=timeout or DEFAULT_TIMEOUT)
+    timeout = timeout or DEFAULT_TIMEOUT
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        # torchrun's agent hosts the store and keeps it across restarts: the keys of the killed
+        # attempt (e.g. Gloo's addresses of dead ranks) are still there, and a restarted rank
+        # that reads one fails with "connection refused". One key prefix per attempt.
+        store = dist.PrefixStore(
+            f"resbackbones/attempt_{launch_env.restart_count}/",
+            dist.TCPStore(launch_env.master_addr, launch_env.master_port,
+                          launch_env.world_size, is_master=False, timeout=timeout))
+        dist.init_process_group(backend=backend, store=store, rank=launch_env.rank,
+                                world_size=launch_env.world_size, timeout=timeout)
+    else:
+        dist.init_process_group(backend=backend, init_method="env://", rank=launch_env.rank,
+                                world_size=launch_env.world_size, timeout=timeout)
     _create_local_process_group(launch_env.node_rank)
     comm.synchronize()
     logger.info(
