@@ -110,11 +110,10 @@ def test_build_cfg_refuses_cpu_training_on_a_gpu_machine_with_broken_cuda(broken
 
 
 def _demo_config(*args, **kwargs):
-    """The demo's config builder (``setup_cfg``, being renamed ``build_inference_config``)."""
-    from resbackbones.demo import predictor
+    """The demo's config builder."""
+    from resbackbones.demo.predictor import build_inference_config
 
-    build = getattr(predictor, "build_inference_config", None) or predictor.setup_cfg
-    return build(*args, **kwargs)
+    return build_inference_config(*args, **kwargs)
 
 
 def test_demo_refuses_cpu_on_a_gpu_machine_with_broken_cuda(broken_cuda):
