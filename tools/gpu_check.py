@@ -551,8 +551,13 @@ def prepare_wheels(directory: str) -> List[str]:
     """
     from importlib.metadata import version
 
-    sys.path.insert(0, str(REPO / "tools"))
-    import install_detectron2
+    import importlib.util
+
+    # The installer is a stdlib-only script (it runs before the package exists): load it by path.
+    spec = importlib.util.spec_from_file_location("install_detectron2",
+                                                  REPO / "tools" / "install_detectron2.py")
+    install_detectron2 = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(install_detectron2)
 
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True)
