@@ -65,7 +65,7 @@ def test_benchmark_tool_runs_and_writes_table(tmp_path):
                "configs/COCO-InstanceSegmentation/mask_rcnn_resnet18_FPN_1x.yaml",
                "--height", "96", "--width", "128", "--repeats", "1", "--warmup", "0",
                "--train-repeats", "1", "--train-batch", "1", "--scaling-archs", "resnet18",
-               "--scaling-size-arch", "resnet18", "--scaling-sizes", "64x96", "96x128",
+               "--scaling-size-arch", "resnet18", "--scaling-sizes", "64x96", "96x128", "--bf16",
                "--output", str(output), "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
                "TEST.DETECTIONS_PER_IMAGE", "10"]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True,
@@ -86,6 +86,16 @@ def test_benchmark_tool_runs_and_writes_table(tmp_path):
     stock_heads = next(line for line in text.splitlines()
                        if line.startswith("| resbackbones, stock GeneralizedRCNN"))
     assert "(as resbackbones)" in stock_heads  # training is the same code: not re-timed
+    # --bf16: ours in bf16 and the built-in under the same autocast, inference only.
+    for name in ("resbackbones bf16", "detectron2 built-in, bf16 autocast"):
+        row = next(line for line in text.splitlines() if line.startswith(f"| {name} "))
+        assert "(inference only)" in row and 0 < int(row.split("|")[9]) <= 10
+    assert re.search(r"Same precision: resbackbones bf16 is \d+\.\d\dx detectron2 built-in, "
+                     r"bf16 autocast\.", text)
+    from resbackbones.modeling.cpu_info import cpu_info
+
+    if cpu_info().mhz and "avx2" in cpu_info().flags:  # the peak needs the clock and the ISA
+        assert "Peak fp32 of this CPU: " in text
     assert "resbackbones, stock GeneralizedRCNN (IoU > 0.99)" in text
     difference = re.search(r"FPN features of resbackbones differ from the built-in's by at most "
                            r"(\S+) of", text)

@@ -109,6 +109,16 @@ def test_inference_speedups_keep_the_ap_of_a_trained_model(mask_rcnn_run, data_f
                 task, metric)
 
 
+def test_bf16_inference_keeps_the_ap_of_a_trained_model(mask_rcnn_run, data_flags, tmp_path):
+    """INFERENCE_AMP bf16 (backbone, FPN and heads under autocast): COCO box and mask AP within
+    0.5 of float32 on trained weights (issue 18's tolerance)."""
+    output_dir, results = mask_rcnn_run
+    bf16 = main(_args(data_flags, tmp_path, "MODEL.WEIGHTS", str(output_dir / "model_final.pth"),
+                      "MODEL.RESBACKBONE.INFERENCE_AMP", "bf16", flags=["--eval-only"]))
+    for task in ("bbox", "segm"):
+        assert bf16[task]["AP"] == pytest.approx(results[task]["AP"], abs=0.5), task
+
+
 def test_plot_metrics_tool(mask_rcnn_run, tmp_path):
     output_dir, _ = mask_rcnn_run
     out = tmp_path / "curves.png"
