@@ -75,25 +75,35 @@ def write_checkpoint(directory: Path, config_file: str, arch: str, extra=()) -> 
     return opts + ["MODEL.WEIGHTS", str(path)]
 
 
-def eager_detections(config_file: str, opts: list, rgb: np.ndarray) -> dict:
-    """The project's eager model (default speed-ups on) with Detectron2's pre/postprocess."""
+def eager_detections(config_file: str, opts: list, *images: np.ndarray):
+    """The project's eager model (default speed-ups on) with Detectron2's pre/postprocess, on
+    each image (one dict for one image, else a list)."""
     from resbackbones.demo import DemoPredictor
 
-    instances = DemoPredictor(build_config(config_file, opts)).predict(rgb).instances
-    result = {"boxes": instances.pred_boxes.tensor.numpy(), "scores": instances.scores.numpy(),
-              "classes": instances.pred_classes.numpy()}
-    if instances.has("pred_masks"):
-        result["masks"] = instances.pred_masks.numpy()
-    return result
+    predictor = DemoPredictor(build_config(config_file, opts))
+    results = []
+    for rgb in images:
+        instances = predictor.predict(rgb).instances
+        result = {"boxes": instances.pred_boxes.tensor.numpy(),
+                  "scores": instances.scores.numpy(), "classes": instances.pred_classes.numpy()}
+        if instances.has("pred_masks"):
+            result["masks"] = instances.pred_masks.numpy()
+        results.append(result)
+    return results[0] if len(results) == 1 else results
 
 
-def runner_detections(model_dir: Path, rgb: np.ndarray) -> dict:
-    detections = OnnxDetector(str(model_dir))(rgb)
-    result = {"boxes": detections.boxes, "scores": detections.scores,
-              "classes": detections.classes}
-    if detections.masks is not None:
-        result["masks"] = detections.masks
-    return result
+def runner_detections(model_dir: Path, *images: np.ndarray):
+    """The ONNX runner on each image (one dict for one image, else a list)."""
+    detector = OnnxDetector(str(model_dir))
+    results = []
+    for rgb in images:
+        detections = detector(rgb)
+        result = {"boxes": detections.boxes, "scores": detections.scores,
+                  "classes": detections.classes}
+        if detections.masks is not None:
+            result["masks"] = detections.masks
+        results.append(result)
+    return results[0] if len(results) == 1 else results
 
 
 def assert_same_detections(reference: dict, other: dict, large_mask_iou: float = 0.99,

@@ -72,12 +72,11 @@ def _export_and_compare(tmp_path, config_file, arch):
     # End to end, the runner vs the project's eager model: on the traced image every mask to
     # 0.99; on an image of another size (resized 0.51x, masks pasted back 1.95x larger, where
     # ResNet-RS's float32 differences reach 0.04 px) pasted masks to 0.95, small ones to 0.9.
-    rgb = sample_image(export_config(config_file, opts))
-    assert_same_detections(eager_detections(config_file, opts, rgb),
-                           runner_detections(tmp_path / "export", rgb))
-    assert_same_detections(eager_detections(config_file, opts, other_image()),
-                           runner_detections(tmp_path / "export", other_image()),
-                           large_mask_iou=0.95, small_mask_iou=0.9)
+    images = (sample_image(export_config(config_file, opts)), other_image())
+    eager = eager_detections(config_file, opts, *images)
+    runner = runner_detections(tmp_path / "export", *images)
+    assert_same_detections(eager[0], runner[0])
+    assert_same_detections(eager[1], runner[1], large_mask_iou=0.95, small_mask_iou=0.9)
     return result
 
 
@@ -254,18 +253,21 @@ def test_scripting_a_timm_backbone_fails_with_the_module_and_tracing_advice(tmp_
         export_model(FASTER_RCNN, str(tmp_path / "out"), "onnx", opts=opts, opset=15)
 
 
-def test_export_cli_writes_the_folder(tmp_path):
-    opts = write_checkpoint(tmp_path, FASTER_RCNN, "resnet18")
-    result = subprocess.run(
-        [sys.executable, str(REPO / "tools/export_model.py"), "--config-file", FASTER_RCNN,
-         "--format", "onnx", "--output", str(tmp_path / "cli"), "--class-names", "a,b,c", *opts],
-        capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "wrote" in result.stdout
-    assert json.loads((tmp_path / "cli" / META_FILE).read_text())["class_names"] == ["a", "b", "c"]
-    spec = importlib.util.spec_from_file_location("export_tool", REPO / "tools/export_model.py")
+def _load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
+    return tool
+
+
+def test_export_cli_writes_the_folder(tmp_path, capsys):
+    opts = write_checkpoint(tmp_path, FASTER_RCNN, "resnet18")
+    tool = _load_tool("export_model")
+    assert tool.main(["--config-file", FASTER_RCNN, "--format", "torchscript", "--output",
+                      str(tmp_path / "cli"), "--class-names", "a,b,c", *opts]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert json.loads((tmp_path / "cli" / META_FILE).read_text())["class_names"] == ["a", "b", "c"]
+    assert (tmp_path / "cli" / "model.ts").is_file()
     with pytest.raises(SystemExit, match="error: .*resnet51"):
         tool.main(["--config-file", FASTER_RCNN, "--format", "onnx", "--output",
                    str(tmp_path / "bad"), *opts, "MODEL.RESBACKBONE.ARCH", "resnet51"])
