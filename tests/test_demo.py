@@ -258,13 +258,15 @@ def test_example_images_decode(demo, tmp_path):
 
 @pytest.mark.slow
 def test_cli_demo_on_a_folder(model_files, tmp_path):
+    from resbackbones.demo.batch import main as demo_cli  # tools/demo.py's command line
+
     config_file, opts = model_files
     inputs = tmp_path / "images"
     inputs.mkdir()
     for i in range(3):
         Image.fromarray(_shapes(i)).save(inputs / f"{i:06d}.png")
     output = tmp_path / "out"
-    code = _import_tool("demo").main(["--config-file", config_file, "--input", str(inputs),
+    code = demo_cli(["--config-file", config_file, "--input", str(inputs),
                                       "--output", str(output), "--confidence-threshold", "0.0",
                                       "--opts", *opts])
     assert code == 0
@@ -296,16 +298,6 @@ def test_video_input(predictor, tmp_path):
     (tmp_path / "junk.mp4").write_bytes(b"not a video")
     summary = run_on_inputs(predictor, [str(tmp_path / "junk.mp4")], str(tmp_path / "out"))
     assert summary.written == [] and "cannot open" in summary.failed[0]
-
-
-def _import_tool(name):
-    """Import tools/<name>.py under a private module name (tools/ is not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"_tool_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_gradio_demo_model_arguments():

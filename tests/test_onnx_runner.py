@@ -157,22 +157,25 @@ def test_runner_refuses_a_model_that_does_not_match_its_meta_file(exported, tmp_
 
 
 def test_demo_cli_runs_the_onnx_export(exported, tmp_path):
-    import importlib.util
+    """``tools/demo.py --onnx`` as a user runs it (a subprocess)."""
+    import subprocess
+    import sys
 
     folder, _ = exported
     images = tmp_path / "images"
     images.mkdir()
     Image.fromarray(other_image()).save(images / "shapes.png")
     (images / "notes.txt").write_text("not an image")
-    spec = importlib.util.spec_from_file_location("demo_tool", REPO / "tools" / "demo.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    assert tool.main(["--onnx", str(folder), "--input", str(images), "--output",
-                      str(tmp_path / "out"), "--confidence-threshold", "0.3"]) == 0
+    tool = [sys.executable, str(REPO / "tools" / "demo.py")]
+    run = subprocess.run(tool + ["--onnx", str(folder), "--input", str(images), "--output",
+                                 str(tmp_path / "out"), "--confidence-threshold", "0.3"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
     drawing = np.asarray(Image.open(tmp_path / "out" / "shapes.png"))
     assert drawing.shape == other_image().shape and not np.array_equal(drawing, other_image())
     records = json.loads((tmp_path / "out" / "shapes.json").read_text())
     assert records and all(r["score"] >= 0.3 and len(r["bbox"]) == 4 and r["mask_area"] >= 0
                            for r in records)
-    with pytest.raises(SystemExit, match="--config-file is required"):
-        tool.main(["--input", str(images), "--output", str(tmp_path / "out")])
+    missing = subprocess.run(tool + ["--input", str(images), "--output", str(tmp_path / "out")],
+                             capture_output=True, text=True, timeout=600)
+    assert missing.returncode == 2 and "--config-file" in missing.stderr

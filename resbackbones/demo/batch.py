@@ -7,11 +7,12 @@ decode is reported and skipped; the run goes on.
 """
 from __future__ import annotations
 
+import argparse
 import glob
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Iterable, List, Sequence
+from typing import Iterable, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -19,10 +20,24 @@ from tqdm import tqdm
 
 from .drawing import draw_detections
 from .images import ImageDecodeError
-from .predictor import DemoPredictor
+from .predictor import DemoPredictor, build_inference_config, model_name_from_config
 from .results import coco_results, filter_instances, write_coco_json
 
-__all__ = ["BatchSummary", "expand_inputs", "run_on_image_file", "run_on_inputs", "run_on_video"]
+__all__ = ["BatchSummary", "expand_inputs", "get_parser", "main", "run_on_image_file",
+           "run_on_inputs", "run_on_video"]
+
+_USAGE = """Run a detector on images, folders, globs or videos and save drawings and COCO JSON.
+
+Detectron2's ``demo/demo.py`` style::
+
+    python tools/demo.py --config-file output/quickstart/config.yaml \\
+        --input datasets/synthetic_shapes/val 'photos/*.jpg' clip.mp4 --output output/demo \\
+        --confidence-threshold 0.5 --opts MODEL.WEIGHTS output/quickstart/model_final.pth
+
+For each image ``<output>/<name>.png`` and ``<output>/<name>.json`` (COCO results); for a video
+``<output>/<name>.mp4`` and ``<output>/<name>.json`` (``image_id`` = frame index). An ONNX export
+(tools/export_model.py) runs without Detectron2: ``tools/demo.py --onnx MODEL_DIR --input ...
+--output ...``."""
 
 logger = logging.getLogger(__name__)
 
@@ -167,3 +182,49 @@ def run_on_inputs(predictor: DemoPredictor, inputs: Iterable[str], output_dir: s
             logger.warning(f"Skipped {path}: {err}")
             summary.failed.append(f"{path}: {err}")
     return summary
+
+
+def get_parser() -> argparse.ArgumentParser:
+    """The command line of ``tools/demo.py`` (Detectron2 models; ``--onnx`` is dispatched by the
+    tool to :mod:`resbackbones.deploy.onnx_demo` before Detectron2 is imported)."""
+    parser = argparse.ArgumentParser(description=_USAGE.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n\n".join(_USAGE.split("\n\n")[1:]))
+    parser.add_argument("--config-file", metavar="FILE", required=True,
+                        help="Detectron2 config of the model.")
+    parser.add_argument("--input", nargs="+", required=True,
+                        help="Image or video files, folders, or quoted glob patterns.")
+    parser.add_argument("--output", required=True, help="Folder for drawings and JSON files.")
+    parser.add_argument("--confidence-threshold", type=float, default=0.5,
+                        help="Minimum score of the detections kept.")
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda, cuda:N (default: MODEL.DEVICE, or the CPU without CUDA).")
+    parser.add_argument("--class-names", default=None,
+                        help="Comma-separated class names, when the config's test dataset is not "
+                             "registered and the checkpoint stores none.")
+    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
+                        help="KEY VALUE config overrides; put it last.")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``tools/demo.py``'s command line; returns the exit code (1 if an input failed)."""
+    from detectron2.utils.logger import setup_logger
+
+    args = get_parser().parse_args(argv)
+    setup_logger(name="resbackbones")
+    logger = logging.getLogger("resbackbones")
+    logger.setLevel(logging.INFO)
+    class_names = [c.strip() for c in args.class_names.split(",")] if args.class_names else None
+    try:
+        cfg = build_inference_config(args.config_file, args.opts, device=args.device,
+                                     score_threshold=args.confidence_threshold)
+        predictor = DemoPredictor(cfg, name=model_name_from_config(args.config_file),
+                                  class_names=class_names)
+        summary = run_on_inputs(predictor, args.input, args.output, args.confidence_threshold)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
+    logger.info(f"Wrote {len(summary.written)} files to {args.output}")
+    for failure in summary.failed:
+        logger.warning(f"failed: {failure}")
+    return 1 if summary.failed else 0
