@@ -154,11 +154,15 @@ class ResBackboneRCNN(GeneralizedRCNN):
             return super().inference(batched_inputs, detected_instances, do_postprocess)
         assert not self.training
         images = self.preprocess_image(batched_inputs)
-        features = (self.backbone.forward_any_layout(images.tensor) if channels_last
-                    else self.backbone(images.tensor))
+        # Under the heads' autocast the RPN takes the FPN's bf16 features as they are; the ROI
+        # heads' ROIAlign computes in float32, so their NCHW float32 copy is made in one pass.
+        features = (self.backbone.forward_any_layout(images.tensor,
+                                                     keep_autocast_dtype=amp_dtype is not None)
+                    if channels_last or amp_dtype else self.backbone(images.tensor))
         with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             proposals, _ = self.proposal_generator(images, features, None)
-            nchw_features = {name: feature.contiguous() for name, feature in features.items()}
+            nchw_features = {name: feature.to(torch.float32, memory_format=torch.contiguous_format)
+                             for name, feature in features.items()}
             results, _ = self.roi_heads(images, nchw_features, proposals, None)
         if amp_dtype is not None:
             results = [_float_fields(instances) for instances in results]
