@@ -66,6 +66,18 @@ def test_tools_do_not_edit_sys_path():
     assert not offenders, f"tools that edit sys.path (the package is installed): {offenders}"
 
 
+def test_tests_call_the_library_not_tool_files():
+    """Tools are thin command lines over library functions; tests import those functions (or
+    run a tool as a user would, in a subprocess). The installer is the exception: it is a
+    stdlib-only script that must run before the package and Detectron2 are installed."""
+    offenders = []
+    for path in list((REPO / "tests").rglob("test_*.py")) + list((REPO / "tests").glob("*.py")):
+        text = path.read_text()
+        if "spec_from_file_location" in text and "install_detectron2" not in text:
+            offenders.append(str(path.relative_to(REPO)))
+    assert not offenders, f"tests loading tools/*.py by path: {sorted(set(offenders))}"
+
+
 def test_import_registers_models_only():
     """A fresh interpreter: `import resbackbones` registers the builders and meta-architectures,
     no data set, and leaves Detectron2's default config alone."""

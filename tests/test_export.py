@@ -12,7 +12,6 @@ same classes, mask IoU >= 0.99 (28x28 model outputs, and masks pasted into the t
 an image of another size, pasted masks >= 0.95 (>= 0.9 under 400 px: a 0.05 px box difference
 moves a few of their boundary pixels).
 """
-import importlib.util
 import json
 import os
 import subprocess
@@ -41,7 +40,6 @@ from export_helpers import (  # noqa: E402
     FASTER_RCNN,
     MASK_RCNN,
     ONE_PER_FAMILY,
-    REPO,
     RETINANET,
     TINY,
     assert_same_detections,
@@ -253,16 +251,9 @@ def test_scripting_a_timm_backbone_fails_with_the_module_and_tracing_advice(tmp_
         export_model(FASTER_RCNN, str(tmp_path / "out"), "onnx", opts=opts, opset=15)
 
 
-def _load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
-
-
 def test_export_cli_writes_the_folder(tmp_path, capsys):
     opts = write_checkpoint(tmp_path, FASTER_RCNN, "resnet18")
-    tool = _load_tool("export_model")
+    from resbackbones.deploy import export_cli as tool  # tools/export_model.py's command line
     assert tool.main(["--config-file", FASTER_RCNN, "--format", "torchscript", "--output",
                       str(tmp_path / "cli"), "--class-names", "a,b,c", *opts]) == 0
     assert "wrote" in capsys.readouterr().out
