@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 OUTPUT ?= output/quickstart
 DATA ?= datasets/synthetic_shapes
 
-.PHONY: setup quickstart test test-fast demo benchmark gpu-check gpu-check-wheels browser clean
+.PHONY: screenshot setup quickstart test test-fast demo benchmark gpu-check gpu-check-wheels browser clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -61,3 +61,8 @@ gpu-check-wheels: setup
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info
+
+# docs/demo.png from a real run: the web demo serving the quickstart's model in Chromium.
+screenshot: setup browser
+	RESBACKBONES_README_MODEL=$(OUTPUT) RESBACKBONES_README_IMAGES=$(DATA)/val \
+		$(PY) -m pytest tests/test_demo.py -k readme_screenshot -p no:cacheprovider

@@ -560,3 +560,64 @@ def test_server_under_load_and_malformed_flood(server, tmp_path):
     image, table, _, _ = Client(server, verbose=False).predict(
         handle_file(str(good)), "mask_rcnn_R_50_FPN_1x", 0.0, [], ["boxes"], api_name="/detect")
     assert image is not None and table["data"]
+
+
+# `make screenshot` sets this to a trained model's output folder (the quickstart's) and the
+# synthetic set: the README picture is then taken from a real run, never drawn by hand.
+README_MODEL = os.environ.get("RESBACKBONES_README_MODEL", "")
+README_IMAGES = os.environ.get("RESBACKBONES_README_IMAGES", "datasets/synthetic_shapes/val")
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.skipif(not README_MODEL, reason="`make screenshot` regenerates docs/demo.png from "
+                    "a trained model (RESBACKBONES_README_MODEL)")
+def test_browser_readme_screenshot(tmp_path):
+    """docs/demo.png: the web demo serving the trained quickstart model on a validation image,
+    with the detections it really makes (at the README's threshold, 0.5)."""
+    executable = _chromium()
+    from playwright.sync_api import expect, sync_playwright
+
+    model = Path(README_MODEL)
+    images = sorted(Path(README_IMAGES).glob("*.png")) + sorted(Path(README_IMAGES).glob("*.jpg"))
+    assert (model / "config.yaml").is_file() and (model / "model_final.pth").is_file(), model
+    assert images, f"no images in {README_IMAGES}"
+    port = _free_port()
+    log = tmp_path / "server.log"
+    offline = {"FVCORE_CACHE": str(tmp_path / "cache"),
+               "RESBACKBONES_MODEL_ZOO_URL": f"http://127.0.0.1:{_free_port()}/"}
+    with open(log, "w") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "tools" / "gradio_demo.py"), "--config-file",
+             str(model / "config.yaml"), "--port", str(port), "--confidence-threshold", "0.5",
+             "--opts", "MODEL.WEIGHTS", str(model / "model_final.pth"), "MODEL.DEVICE", "cpu"],
+            stdout=log_file, stderr=subprocess.STDOUT, cwd=str(REPO),
+            env=dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", **offline))
+    try:
+        deadline, url = time.time() + 180, None
+        while time.time() < deadline and process.poll() is None and url is None:
+            match = re.search(r"running at (http://127\.0\.0\.1:\d+/?)", log.read_text())
+            url = match.group(1) if match else time.sleep(0.5)
+        assert url, log.read_text()
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch_persistent_context(
+                str(tmp_path / "profile"), executable_path=executable, headless=True,
+                args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                      "--disable-background-networking", "--disable-component-update",
+                      "--disable-sync"],
+                viewport={"width": 1400, "height": 1000})
+            try:
+                page = browser.new_page()
+                page.goto(url, wait_until="domcontentloaded", timeout=60_000)
+                page.locator("#input-image input[type=file]").set_input_files(str(images[0]))
+                expect(page.locator("#result-image img")).to_be_visible(timeout=120_000)
+                cells = page.locator("#table").get_by_role("gridcell")
+                expect(cells.first).to_be_visible(timeout=30_000)
+                target = REPO / "docs" / "demo.png"
+                page.screenshot(path=str(target), full_page=True)
+                assert target.stat().st_size > 10_000
+            finally:
+                browser.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
