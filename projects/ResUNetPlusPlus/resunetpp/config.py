@@ -51,6 +51,10 @@ def add_resunetpp_config(cfg: CN) -> CN:
     # Width of each decoder step, deepest first, one per skip; [] derives twice the skip's
     # width capped at 256 (the paper's 128/64/32 for its 64/32/16 skips).
     cfg.MODEL.RESUNETPP.DECODER_CHANNELS = []
+    # Encoders whose finest feature is coarser than the input (the catalog's stem, stride 2):
+    # width of the residual unit run after upsampling the decoder to full resolution; 0 skips it
+    # and upsamples the logits bilinearly instead (cheaper, coarser boundaries).
+    cfg.MODEL.RESUNETPP.FULL_RESOLUTION_CHANNELS = 32
     # Output channels of the ASPP head before the 1x1 classifier (the paper: 16).
     cfg.MODEL.RESUNETPP.HEAD_CHANNELS = 16
     # Dilations of the ASPP branches in bridge and head, one 3x3 branch each.

@@ -2,9 +2,11 @@
 
 Used with Detectron2's ``SemanticSegmentor``: it takes every feature of the encoder's
 ``output_shape()``, ordered by stride. The coarsest goes through the ASPP bridge; each finer one
-is a skip for one decoder step (attention, x2 upsampling, concatenation, residual unit); an ASPP
-head and a 1x1 convolution give the logits at the finest encoder stride, upsampled bilinearly to
-the input size when that stride is above 1.
+is a skip for one decoder step (attention, x2 upsampling, concatenation, residual unit); when the finest
+encoder feature is coarser than the input (the catalog encoders' stem is at stride 2), the
+decoder output is upsampled to the input size and refined by one more residual unit
+(``MODEL.RESUNETPP.FULL_RESOLUTION_CHANNELS``); an ASPP head and a 1x1 convolution give the
+logits.
 
 ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` 2 is the binary case: one logit channel trained with
 Dice + BCE; at inference the head returns the two-channel logits ``[0, z]`` so that Detectron2's
@@ -22,7 +24,7 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 from torch.nn import functional as F
 
-from .blocks import ASPP, DecoderStep
+from .blocks import ASPP, DecoderStep, PreActResidualUnit
 from .encoders import ordered_features
 from .losses import binary_dice_bce_loss, multiclass_dice_ce_loss
 
@@ -91,6 +93,10 @@ class ResUNetPPHead(nn.Module):
             channels = width
         self.steps = nn.ModuleList(steps)
         self.skip_names = skips
+        self.full_resolution = None
+        if self.output_stride > 1 and settings.FULL_RESOLUTION_CHANNELS > 0:
+            self.full_resolution = PreActResidualUnit(channels, settings.FULL_RESOLUTION_CHANNELS)
+            channels = int(settings.FULL_RESOLUTION_CHANNELS)
         self.aspp_head = ASPP(channels, settings.HEAD_CHANNELS, dilations)
         logit_channels = 1 if self.num_classes == 2 else self.num_classes
         self.predictor = nn.Conv2d(settings.HEAD_CHANNELS, logit_channels, 1)
@@ -100,8 +106,12 @@ class ResUNetPPHead(nn.Module):
         decoded = self.bridge(features[self.in_features[-1]])
         for name, step in zip(self.skip_names, self.steps):
             decoded = step(features[name], decoded)
+        if self.full_resolution is not None:
+            decoded = F.interpolate(decoded, scale_factor=float(self.output_stride),
+                                    mode="nearest")
+            decoded = self.full_resolution(decoded)
         logits = self.predictor(self.aspp_head(decoded))
-        if self.output_stride > 1:
+        if self.output_stride > 1 and self.full_resolution is None:
             logits = F.interpolate(logits, scale_factor=float(self.output_stride),
                                    mode="bilinear", align_corners=False)
         return logits
