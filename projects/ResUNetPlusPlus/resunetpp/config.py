@@ -52,9 +52,9 @@ def add_resunetpp_config(cfg: CN) -> CN:
     # width capped at 256 (the paper's 128/64/32 for its 64/32/16 skips).
     cfg.MODEL.RESUNETPP.DECODER_CHANNELS = []
     # Encoders whose finest feature is coarser than the input (the catalog's stem, stride 2):
-    # width of the residual unit run after upsampling the decoder to full resolution; 0 skips it
-    # and upsamples the logits bilinearly instead (cheaper, coarser boundaries).
-    cfg.MODEL.RESUNETPP.FULL_RESOLUTION_CHANNELS = 32
+    # width of a residual unit run after upsampling the decoder to full resolution; 0 (default)
+    # upsamples the logits bilinearly instead (cheaper; 32 gave no gain in compare_peers.py).
+    cfg.MODEL.RESUNETPP.FULL_RESOLUTION_CHANNELS = 0
     # Output channels of the ASPP head before the 1x1 classifier (the paper: 16).
     cfg.MODEL.RESUNETPP.HEAD_CHANNELS = 16
     # Dilations of the ASPP branches in bridge and head, one 3x3 branch each.

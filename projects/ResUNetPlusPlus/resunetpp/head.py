@@ -2,11 +2,11 @@
 
 Used with Detectron2's ``SemanticSegmentor``: it takes every feature of the encoder's
 ``output_shape()``, ordered by stride. The coarsest goes through the ASPP bridge; each finer one
-is a skip for one decoder step (attention, x2 upsampling, concatenation, residual unit); when the finest
-encoder feature is coarser than the input (the catalog encoders' stem is at stride 2), the
-decoder output is upsampled to the input size and refined by one more residual unit
-(``MODEL.RESUNETPP.FULL_RESOLUTION_CHANNELS``); an ASPP head and a 1x1 convolution give the
-logits.
+is a skip for one decoder step (attention, x2 upsampling, concatenation, residual unit); an ASPP
+head and a 1x1 convolution give the logits. When the finest encoder feature is coarser than
+the input (the catalog encoders' stem is at stride 2) the logits are upsampled bilinearly, or,
+with ``MODEL.RESUNETPP.FULL_RESOLUTION_CHANNELS`` > 0, the decoder output is upsampled and
+refined by one more residual unit before the head.
 
 ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` 2 is the binary case: one logit channel trained with
 Dice + BCE; at inference the head returns the two-channel logits ``[0, z]`` so that Detectron2's

@@ -92,12 +92,12 @@ def test_resbackbone_encoder_stem_equals_timm_features():
         assert want.shape[1] == spec.channels and 64 // want.shape[2] == spec.stride
 
 
-@pytest.mark.parametrize("encoder_opts", [[], RESBACKBONE + ["MODEL.RESBACKBONE.ARCH",
-                                                             "resnet18"]])
+@pytest.mark.parametrize("encoder_opts", [[], RESBACKBONE + [
+    "MODEL.RESBACKBONE.ARCH", "resnet18", "MODEL.RESUNETPP.FULL_RESOLUTION_CHANNELS", "16"]])
 def test_model_binary_outputs_and_gradient_reaches_encoder(encoder_opts):
     torch.manual_seed(0)
     model = build_model(_cfg(*encoder_opts))
-    # the stride-2 catalog encoders get a residual unit at full resolution before the head
+    # a stride-2 encoder with FULL_RESOLUTION_CHANNELS gets a residual unit at full resolution
     assert (model.sem_seg_head.full_resolution is None) == (not encoder_opts)
     batch = [{"image": torch.rand(3, 64, 64) * 255,
               "sem_seg": (torch.rand(64, 64) > 0.7).long()} for _ in range(2)]
