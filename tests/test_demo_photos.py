@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resbackbones.demo import DemoPredictor, DetectionDemo, build_app, setup_cfg
+from resbackbones.demo import DemoPredictor, DetectionDemo, build_app, build_inference_config
 from resbackbones.demo.photos import PHOTO_NAMES, make_photo_examples
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,7 +51,7 @@ def test_no_photos_without_the_extra(tmp_path, without_skimage, caplog):
 
 @pytest.fixture(scope="module")
 def demo():
-    cfg = setup_cfg(CONFIG, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
+    cfg = build_inference_config(CONFIG, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
     return DetectionDemo({"random": DemoPredictor(cfg, name="random")})
 
 
