@@ -49,11 +49,13 @@ def measure_architecture(name: str, input_size: Sequence[int] = (800, 1333)) -> 
         name: catalog name.
         input_size: (height, width) before padding to a multiple of 32.
     """
-    # Winograd off: its NNPACK convs are invisible to fvcore, and the table reports the FLOPs of
-    # the network, not of one CPU kernel choice.
+    # Inference speed-ups off: the table reports the FLOPs of the network as defined (BN
+    # included), not of one CPU kernel choice (NNPACK's Winograd convs are invisible to fvcore,
+    # BN folding removes the norms' flops).
     cfg = build_config("", ["MODEL.BACKBONE.NAME", "build_resbackbone_fpn_backbone",
                             "MODEL.BACKBONE.FREEZE_AT", 0, "MODEL.RESBACKBONE.ARCH", name,
-                            "MODEL.RESBACKBONE.NORM", "BN", "MODEL.RESBACKBONE.WINOGRAD", False])
+                            "MODEL.RESBACKBONE.NORM", "BN", "MODEL.RESBACKBONE.WINOGRAD", False,
+                            "MODEL.RESBACKBONE.FOLD_BN_FOR_INFERENCE", False])
     model = build_backbone(cfg).eval()
     height, width = _padded(input_size)
     with torch.no_grad():
