@@ -67,14 +67,20 @@ def _export_and_compare(tmp_path, config_file, arch):
     assert parity["matched"] == parity["reference"] == parity["other"] > 0, parity
     assert parity["max_box_difference_px"] < 0.5 and parity["max_score_difference"] < 1e-3
     assert parity["classes_equal"] and parity.get("min_mask_iou", 1.0) >= 0.99, parity
-    # End to end, the runner vs the project's eager model: on the traced image every mask to
-    # 0.99; on an image of another size (resized 0.51x, masks pasted back 1.95x larger, where
-    # ResNet-RS's float32 differences reach 0.04 px) pasted masks to 0.95, small ones to 0.9.
+    # End to end, the runner vs the project's eager model (default speed-ups) on the traced
+    # image: every mask to 0.99.
     images = (sample_image(export_config(config_file, opts)), other_image())
-    eager = eager_detections(config_file, opts, *images)
+    eager = eager_detections(config_file, opts, images[0])
     runner = runner_detections(tmp_path / "export", *images)
-    assert_same_detections(eager[0], runner[0])
-    assert_same_detections(eager[1], runner[1], large_mask_iou=0.95, small_mask_iou=0.9)
+    assert_same_detections(eager, runner[0])
+    # On an image of another size (resized 0.51x, masks pasted back 1.95x larger) against the
+    # eager model computing what the export computes: the run-time-only speed-ups (Winograd's
+    # ~1e-5 rounding, channels-last) are off in the export, and with them on, ResNet-RS's boxes
+    # move by up to 0.06 px, enough to flip boundary pixels of the smallest pasted masks.
+    same_arithmetic = list(opts) + ["MODEL.RESBACKBONE.WINOGRAD", "False",
+                                    "MODEL.RESBACKBONE.CHANNELS_LAST", "off"]
+    eager_other = eager_detections(config_file, same_arithmetic, images[1])
+    assert_same_detections(eager_other, runner[1], large_mask_iou=0.95, small_mask_iou=0.9)
     return result
 
 
