@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from resbackbones.modeling import fpn, kernel_choice, winograd
-from resbackbones.modeling.cpu_info import CpuInfo, parse_cpuinfo
+from resbackbones.modeling.cpu_info import parse_cpuinfo
+from helpers import count_nnpack_calls, needs_nnpack
 
 XEON_AMX = """processor\t: 0
 vendor_id\t: GenuineIntel
@@ -180,22 +181,6 @@ def test_shape_buckets():
     assert kernel_choice.shape_bucket(nhwc) == "n128-px256-nhwc"
 
 
-needs_nnpack = pytest.mark.skipif(not torch._nnpack_available(),
-                                  reason="this PyTorch build has no NNPACK")
-
-
-def _count_nnpack(monkeypatch):
-    calls = []
-    original = winograd._nnpack_conv
-
-    def counting(*args):
-        calls.append(args[1].shape)
-        return original(*args)
-
-    monkeypatch.setattr(winograd, "_nnpack_conv", counting)
-    return calls
-
-
 @needs_nnpack
 @pytest.mark.parametrize("timings, uses_nnpack", [({"direct": 10.0, "winograd": 3.0}, True),
                                                   ({"direct": 3.0, "winograd": 10.0}, False)])
@@ -204,7 +189,7 @@ def test_winograd_conv_follows_the_measured_choice(measuring, monkeypatch, timin
     _fixed_timings(monkeypatch, timings)
     conv = nn.Conv2d(16, 16, 3, padding=1).eval()
     twin = winograd.with_winograd_convolutions(conv)
-    calls = _count_nnpack(monkeypatch)
+    calls = count_nnpack_calls(monkeypatch)
     images = torch.randn(1, 16, 64, 64)
     with torch.no_grad():
         expected, output = conv(images), twin(images)
@@ -266,7 +251,7 @@ def test_without_nnpack_everything_runs_direct_and_nothing_is_measured(measuring
 def test_no_winograd_under_bf16_autocast(measuring, monkeypatch):
     _fixed_timings(monkeypatch, {"direct": 10.0, "winograd": 1.0})
     twin = winograd.with_winograd_convolutions(nn.Conv2d(8, 8, 3, padding=1).eval())
-    calls = _count_nnpack(monkeypatch)
+    calls = count_nnpack_calls(monkeypatch)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         output = twin(torch.randn(1, 8, 64, 64))
     assert output.dtype == torch.bfloat16 and not calls

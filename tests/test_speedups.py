@@ -24,7 +24,7 @@ from detectron2.modeling import build_backbone, build_model
 from resbackbones.catalog import Family, get_entry, one_per_family
 from resbackbones.config import add_resbackbone_config
 from resbackbones.modeling.inference import fold_batchnorm
-from helpers import randomize_norm_statistics
+from helpers import count_nnpack_calls, needs_nnpack, randomize_norm_statistics
 
 # Every block type, without the wide and SE-ResNeXt variants (same blocks, wider: slower in
 # float64).
@@ -212,24 +212,6 @@ def test_compiled_backbone_matches_or_falls_back():
 
 # --- Winograd convolutions, parallel ROIAlign and ResBackboneRCNN ---------------------------
 
-needs_nnpack = pytest.mark.skipif(not torch._nnpack_available(),
-                                  reason="this PyTorch build has no NNPACK")
-
-
-def _count_nnpack_calls(monkeypatch):
-    from resbackbones.modeling import winograd
-
-    calls = []
-    original = winograd._nnpack_conv
-
-    def counting(*args):
-        calls.append(args[1].shape)
-        return original(*args)
-
-    monkeypatch.setattr(winograd, "_nnpack_conv", counting)
-    return calls
-
-
 @needs_nnpack
 def test_winograd_conv_layers_match_the_direct_convolution(monkeypatch):
     from detectron2.layers import Conv2d as Detectron2Conv2d
@@ -256,7 +238,7 @@ def test_winograd_conv_layers_match_the_direct_convolution(monkeypatch):
     assert [type(layer) for layer in layers][2:] == [torch.nn.Conv2d, torch.nn.Conv2d]
     assert all(layer.weight is original.weight for layer, original in zip(layers, shared))
     assert layers.state_dict().keys() == direct.state_dict().keys()
-    calls = _count_nnpack_calls(monkeypatch)
+    calls = count_nnpack_calls(monkeypatch)
     images = torch.randn(2, 16, 40, 48)
     with torch.no_grad():
         assert _relative_error(direct(images), layers(images)) < 1e-4
@@ -273,7 +255,7 @@ def test_winograd_conv_layers_match_the_direct_convolution(monkeypatch):
 @needs_nnpack
 def test_winograd_keeps_fpn_outputs(monkeypatch):
     plain, fast = _plain_and_fast("resnet18", winograd=True)
-    calls = _count_nnpack_calls(monkeypatch)
+    calls = count_nnpack_calls(monkeypatch)
     images = torch.randn(1, 3, 256, 256)  # P2 64x64 and P3 32x32 take the Winograd path
     with torch.no_grad():
         reference, output = plain(images), fast(images)
@@ -362,7 +344,7 @@ def test_resbackbone_rcnn_inference_matches_generalized_rcnn(monkeypatch):
     stock, ours = _rcnn_pair(channels_last="auto", winograd=True, parallel_roi_align=True)
     stock.eval()
     ours.eval()
-    calls = _count_nnpack_calls(monkeypatch)
+    calls = count_nnpack_calls(monkeypatch)
     image = torch.randint(0, 255, (3, 256, 320), dtype=torch.uint8,
                           generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -406,7 +388,7 @@ def test_resbackbone_retinanet_head_matches_retinanet(monkeypatch):
     stock = build_model(stock_cfg).eval()
     assert ours.state_dict().keys() == stock.state_dict().keys()
     stock.load_state_dict(ours.state_dict())
-    calls = _count_nnpack_calls(monkeypatch)
+    calls = count_nnpack_calls(monkeypatch)
     image = torch.randint(0, 255, (3, 256, 320), dtype=torch.uint8)
     with torch.no_grad():
         images = ours.preprocess_image([{"image": image}])
