@@ -137,3 +137,34 @@ def test_make_synthetic_coco_tool(tmp_path):
     assert "up to date" in second.stdout
     with open(os.path.join(root, "manifest.json")) as f:
         assert json.load(f)["height"] == 64
+
+
+def test_refuses_to_overwrite_a_data_set_it_did_not_write(tmp_path):
+    """Pointing the quickstart's --data at one's own COCO folder must not delete its images."""
+    root = tmp_path / "mine"
+    image_root = root / "train"
+    image_root.mkdir(parents=True)
+    photo = image_root / "holiday.png"
+    photo.write_bytes(b"not ours")
+    with pytest.raises(FileExistsError, match=r"did not write .*holiday\.png.*empty or new"):
+        generate_synthetic_coco(str(root), SPEC)
+    assert photo.read_bytes() == b"not ours"
+    assert not (root / "annotations").exists()
+
+
+def test_an_interrupted_run_is_redone(tmp_path, monkeypatch):
+    """The marker written before any file lets a rerun finish what a killed run started."""
+    root = tmp_path / "ds"
+    import resbackbones.data.synthetic as synthetic
+
+    def fail(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(synthetic, "_split_dict", fail)
+        with pytest.raises(KeyboardInterrupt):
+            generate_synthetic_coco(str(root), SPEC)
+    assert (root / ".generating").exists() and not (root / "manifest.json").exists()
+    assert generate_synthetic_coco(str(root), SPEC) is True
+    assert not (root / ".generating").exists()
+    assert len(os.listdir(synthetic_paths(str(root), "train")[1])) == SPEC.num_train

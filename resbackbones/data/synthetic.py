@@ -40,6 +40,8 @@ SHAPE_CLASSES: Tuple[str, ...] = ("circle", "triangle", "rectangle")
 GENERATOR_VERSION = 1
 _SPLITS = ("train", "val")
 _CIRCLE_VERTICES = 48
+# Present while a run writes files: an interrupted run is still recognised as ours and redone.
+_GENERATING_MARKER = ".generating"
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,35 @@ def _is_complete(root: str, spec: SyntheticSpec) -> bool:
     return True
 
 
+def _written_by_us(root: str) -> bool:
+    """Whether ``root`` holds this generator's files (a manifest or an interrupted run's marker)."""
+    if os.path.isfile(os.path.join(root, _GENERATING_MARKER)):
+        return True
+    try:
+        with open(os.path.join(root, "manifest.json")) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and "generator_version" in manifest
+
+
+def _refuse_foreign_files(root: str) -> None:
+    """Regenerating deletes PNGs and rewrites annotation files: never in somebody's own data set."""
+    if _written_by_us(root):
+        return
+    for split in _SPLITS:
+        json_file, image_root = synthetic_paths(root, split)
+        pngs = (sorted(f for f in os.listdir(image_root) if f.endswith(".png"))
+                if os.path.isdir(image_root) else [])
+        if os.path.exists(json_file) or pngs:
+            found = json_file if os.path.exists(json_file) else os.path.join(image_root, pngs[0])
+            raise FileExistsError(
+                f"{root} holds files that the synthetic data set generator did not write "
+                f"({found}) and no manifest.json of it; regenerating would overwrite them. "
+                f"Choose an empty or new directory for the synthetic data (e.g. "
+                f"datasets/synthetic_shapes), or move those files away.")
+
+
 def generate_synthetic_coco(root: str, spec: SyntheticSpec = SyntheticSpec(),
                             force: bool = False) -> bool:
     """Write the synthetic dataset under ``root`` unless it is already there with ``spec``.
@@ -234,7 +265,12 @@ def generate_synthetic_coco(root: str, spec: SyntheticSpec = SyntheticSpec(),
     if not force and _is_complete(root, spec):
         logger.info(f"Synthetic dataset at {root} already matches {spec}; not regenerating.")
         return False
+    _refuse_foreign_files(root)
     logger.info(f"Generating synthetic dataset at {root}: {spec}")
+    os.makedirs(root, exist_ok=True)
+    marker_path = os.path.join(root, _GENERATING_MARKER)
+    with open(marker_path, "w") as f:
+        f.write("resbackbones synthetic data set being written\n")
     manifest_path = os.path.join(root, "manifest.json")
     if os.path.exists(manifest_path):
         os.remove(manifest_path)  # an interrupted run must not look complete
@@ -250,4 +286,5 @@ def generate_synthetic_coco(root: str, spec: SyntheticSpec = SyntheticSpec(),
             json.dump(content, f, sort_keys=True, separators=(",", ":"))
     with open(manifest_path, "w") as f:
         json.dump(spec.manifest(), f, indent=2, sort_keys=True)
+    os.remove(marker_path)
     return True
