@@ -97,7 +97,9 @@ def add_resbackbone_config(cfg: CN) -> CN:
     # is Detectron2's SOLVER.AMP.ENABLED.
     cfg.MODEL.RESBACKBONE.INFERENCE_AMP = "off"
     # torch.compile the bottom-up network for inference (first call compiles, each new input
-    # size recompiles); falls back to eager with a warning where compilation fails.
+    # size recompiles); falls back to eager with a warning where compilation fails. For long
+    # runs, the demos' --compile (modeling/serving.py) compiles backbone + FPN once per padded
+    # input-size bucket instead.
     cfg.MODEL.RESBACKBONE.COMPILE = False
     # Only with MODEL.META_ARCHITECTURE "ResBackboneRCNN": at inference on CPU, split ROIAlign
     # over all threads (torchvision's kernel uses one); outputs are bit-identical. The same

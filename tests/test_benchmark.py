@@ -1,4 +1,5 @@
 """The benchmark runs end to end at a tiny size and writes its tables; its helpers are right."""
+import logging
 import os
 import re
 import subprocess
@@ -115,3 +116,31 @@ def test_winograd_convolutions_count_as_the_direct_convolution():
         assert type(twin) is WinogradConv2d and twin.weight is conv.weight
         winograd = count_flops(lambda: twin(images))
     assert direct == winograd == 2 * 16 * 8 * 9 * 64 * 64
+
+
+def test_compiled_serving_row(caplog):
+    """--compile-serving adds an inference-only row with its warm-up and its ratio to the eager
+    row; dynamo's "eager" backend keeps it fast (tests/test_serving_compile.py runs inductor)."""
+    from resbackbones.benchmark.report import comparison_markdown
+    from resbackbones.benchmark.run import OURS_COMPILED, BenchmarkSettings, run_comparison
+
+    torch._dynamo.reset()
+    settings = BenchmarkSettings(
+        config_file="configs/COCO-InstanceSegmentation/mask_rcnn_resnet18_FPN_1x.yaml",
+        height=64, width=80, warmup=0, repeats=1, include_training=False,
+        include_torchvision=False, include_compiled_serving=True, compile_backend="eager",
+        device="cpu", opts=["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
+                            "TEST.DETECTIONS_PER_IMAGE", "10"])
+    with caplog.at_level(logging.WARNING, logger="resbackbones.modeling.serving"):
+        result = run_comparison(settings)
+    assert not caplog.records  # compiled, and ran compiled (no fallback to eager)
+    assert result.warm_up_seconds[OURS_COMPILED] > 0
+    assert 0 < result.detections[OURS_COMPILED] <= 10
+    assert result.flops[OURS_COMPILED] == result.flops["resbackbones"]
+    text = comparison_markdown(result)
+    row = next(line for line in text.splitlines() if line.startswith(f"| {OURS_COMPILED} "))
+    assert float(row.split("|")[3].split("±")[0]) > 0  # s/img
+    assert "bucket 64x96" in text and "FAILED" not in text
+    assert re.search(r"Compiled serving: \d+\.\d s warm-up, then \d+\.\d{3} s/img: \d+\.\d\dx "
+                     r"resbackbones \(eager\) in the same run\.", text)
+    torch._dynamo.reset()

@@ -77,7 +77,7 @@ def _fixed_timings(monkeypatch, milliseconds):
         measured.append(list(candidates))
         return {name: milliseconds[name] for name in candidates}
 
-    monkeypatch.setattr(kernel_choice, "_time_candidates", fake)
+    monkeypatch.setattr(kernel_choice, "time_candidates", fake)
     return measured
 
 

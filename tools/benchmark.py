@@ -42,6 +42,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--bf16", action="store_true",
                         help="add rows: ours with INFERENCE_AMP bf16 and the built-in under bf16 "
                              "autocast (inference only, same weights)")
+    parser.add_argument("--compile-serving", action="store_true",
+                        help="add a row: ours with backbone + FPN compiled for the input's size "
+                             "bucket (the demos' --compile on): warm-up seconds, s/img after "
+                             "it and the ratio to the eager row (inference only, same weights)")
     parser.add_argument("--scaling-archs", nargs="+", default=SCALING_ARCHS)
     parser.add_argument("--scaling-sizes", nargs="+", default=SCALING_SIZES,
                         help="HEIGHTxWIDTH input sizes for the size sweep")
@@ -103,7 +107,8 @@ def main(argv=None) -> int:
         config_file=args.config_file, arch=args.arch, height=args.height, width=args.width,
         warmup=args.warmup, repeats=args.repeats, train_batch=args.train_batch,
         train_repeats=args.train_repeats, include_training=not args.no_training,
-        device=args.device, opts=args.opts, include_bf16=args.bf16)
+        device=args.device, opts=args.opts, include_bf16=args.bf16,
+        include_compiled_serving=args.compile_serving)
     if args.onnx:
         return onnx_section(settings, args.output, args.section)
     result = run_comparison(settings)

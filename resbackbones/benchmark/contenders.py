@@ -28,6 +28,7 @@ class Contender:
     train_step: Callable[[], float]
     description: str
     test_inputs: Optional[list] = None  # Detectron2 contenders: the batched inputs of infer()
+    warm_up_seconds: Optional[float] = None  # compiled contenders: start-up compilation
 
 
 def synthetic_image(height: int, width: int, seed: int = 0) -> np.ndarray:

@@ -15,6 +15,7 @@ from tabulate import tabulate
 from resbackbones.benchmark.harness import cpu_peak_flops
 from resbackbones.benchmark.run import (
     OURS_BF16,
+    OURS_COMPILED,
     REFERENCE,
     REFERENCE_BF16,
     STOCK_HEADS,
@@ -90,6 +91,12 @@ def comparison_markdown(result: ComparisonResult) -> str:
         same_precision = (result.inference[REFERENCE_BF16].median
                           / result.inference[OURS_BF16].median)
         lines.append(f"- Same precision: {OURS_BF16} is {same_precision:.2f}x {REFERENCE_BF16}.")
+    if OURS_COMPILED in result.inference:
+        compiled = result.inference[OURS_COMPILED].median
+        lines.append(f"- Compiled serving: {result.warm_up_seconds.get(OURS_COMPILED, 0):.1f} s "
+                     f"warm-up, then {compiled:.3f} s/img: "
+                     f"{result.inference['resbackbones'].median / compiled:.2f}x resbackbones "
+                     "(eager) in the same run.")
     if not settings.device.startswith("cuda"):
         lines += [f"- Peak {precision} of this CPU: {how} = {flops / 1e12:.2f} TFLOP/s."
                   for precision, how, flops in cpu_peak_flops()]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -23,6 +24,7 @@ from resbackbones.config import (
     merge_config_checked,
     validate_config,
 )
+from resbackbones.modeling.serving import enable_compiled_serving
 from resbackbones.weights.detectron2_names import resbackbones_to_detectron2
 from resbackbones.benchmark.contenders import (
     Contender,
@@ -53,7 +55,10 @@ STOCK_HEADS = "resbackbones, stock GeneralizedRCNN"
 # twin under the same bf16 autocast (the same-precision reference). Inference only.
 OURS_BF16 = "resbackbones bf16"
 REFERENCE_BF16 = "detectron2 built-in, bf16 autocast"
-INFERENCE_ONLY = (STOCK_HEADS, OURS_BF16, REFERENCE_BF16)
+# With BenchmarkSettings.include_compiled_serving: our detector with backbone + FPN compiled
+# once for the input's padded size (modeling/serving.py, the demos' --compile on). Inference only.
+OURS_COMPILED = "resbackbones compiled serving"
+INFERENCE_ONLY = (STOCK_HEADS, OURS_BF16, REFERENCE_BF16, OURS_COMPILED)
 
 @dataclass
 class BenchmarkSettings:
@@ -70,6 +75,8 @@ class BenchmarkSettings:
     include_training: bool = True
     include_torchvision: bool = True
     include_bf16: bool = False
+    include_compiled_serving: bool = False
+    compile_backend: str = "inductor"  # torch.compile's backend for that row
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     opts: List[str] = field(default_factory=list)
 
@@ -86,6 +93,7 @@ class ComparisonResult:
     descriptions: Dict[str, str]
     agreement_with_reference: Dict[str, float] = field(default_factory=dict)
     feature_difference: Dict[str, float] = field(default_factory=dict)
+    warm_up_seconds: Dict[str, float] = field(default_factory=dict)
 
 
 def _save_random_timm_weights(arch: str, directory: str) -> str:
@@ -176,6 +184,9 @@ def build_contenders(settings: BenchmarkSettings, weights_dir: str) -> List[Cont
     if settings.include_bf16:
         contenders += bf16_contenders(settings, ours, image, twin_state,
                                       ours_contender.model.state_dict())
+    if settings.include_compiled_serving:
+        contenders.append(compiled_serving_contender(settings, ours, image,
+                                                     ours_contender.model.state_dict()))
     if settings.include_torchvision and arch == "resnet50":
         contenders.append(torchvision_contender(image, torch.device(settings.device),
                                                 settings.train_batch, ours.MODEL.MASK_ON))
@@ -208,6 +219,28 @@ def bf16_contenders(settings: BenchmarkSettings, ours, image, twin_state: dict,
     return [ours_bf16, reference]
 
 
+def compiled_serving_contender(settings: BenchmarkSettings, ours, image,
+                               our_state: dict) -> Contender:
+    """Ours with compiled serving for the one bucket the benchmark image needs (warm-up timed);
+    same weights as the eager row, so the ratio between the two is the compiler's gain."""
+    contender = detectron2_contender(
+        OURS_COMPILED, ours, image, settings.train_batch, "", state_dict=our_state)
+    divisibility = max(int(contender.model.backbone.size_divisibility), 1)
+    bucket = tuple(-(-side // divisibility) * divisibility for side in image.shape[:2])
+    start = time.perf_counter()
+    wrapper = enable_compiled_serving(contender.model.eval(), [bucket], mode="on",
+                                      backend=settings.compile_backend)
+    contender.warm_up_seconds = time.perf_counter() - start
+    failed = wrapper.reports[bucket].error
+    contender.description = (
+        f"resbackbones with backbone + FPN compiled by torch.compile (backend "
+        f"{settings.compile_backend}, static shapes, bucket {bucket[0]}x{bucket[1]}: "
+        "modeling/serving.py, the demos' --compile on); same weights; "
+        + (f"compilation FAILED ({failed}), so this row ran eagerly" if failed else
+           f"warm-up (compilation) {contender.warm_up_seconds:.1f} s, not in s/img"))
+    return contender
+
+
 def run_comparison(settings: BenchmarkSettings) -> ComparisonResult:
     """Measure inference (and training) of every contender, interleaved, in this process."""
     from tqdm import tqdm
@@ -227,7 +260,10 @@ def run_comparison(settings: BenchmarkSettings) -> ComparisonResult:
     by_name = {c.name: c for c in contenders}
     differences = {name: feature_difference(by_name[name], by_name[REFERENCE])
                    for name in same_weights if name in by_name}
-    flops = {c.name: count_flops(c.infer) for c in contenders}
+    # The compiled row computes the same network; FLOP counting would trace it again.
+    flops = {c.name: count_flops(c.infer) for c in contenders if c.name != OURS_COMPILED}
+    if OURS_COMPILED in by_name:
+        flops[OURS_COMPILED] = flops["resbackbones"]
     total = len(contenders) * (settings.warmup + settings.repeats)
     with tqdm(total=total, desc="inference", leave=False) as bar:
         inference = measure_interleaved({c.name: c.infer for c in contenders}, device,
@@ -252,6 +288,8 @@ def run_comparison(settings: BenchmarkSettings) -> ComparisonResult:
         descriptions={c.name: c.description for c in contenders},
         agreement_with_reference=agreement,
         feature_difference=differences,
+        warm_up_seconds={c.name: c.warm_up_seconds for c in contenders
+                         if c.warm_up_seconds is not None},
     )
 
 

@@ -18,9 +18,16 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from resbackbones.modeling.serving import SERVING_COMPILE_CHOICES
+
 from .drawing import draw_detections
 from .images import ImageDecodeError
-from .predictor import DemoPredictor, build_inference_config, model_name_from_config
+from .predictor import (
+    SERVING_COMPILE_HELP,
+    DemoPredictor,
+    build_inference_config,
+    model_name_from_config,
+)
 from .results import coco_results, filter_instances, write_coco_json
 
 __all__ = ["BatchSummary", "expand_inputs", "get_parser", "main", "run_on_image_file",
@@ -202,6 +209,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--class-names", default=None,
                         help="Comma-separated class names, when the config's test dataset is not "
                              "registered and the checkpoint stores none.")
+    parser.add_argument("--compile", default="off", choices=SERVING_COMPILE_CHOICES,
+                        help=SERVING_COMPILE_HELP)
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
                         help="KEY VALUE config overrides; put it last.")
     return parser
@@ -220,7 +229,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = build_inference_config(args.config_file, args.opts, device=args.device,
                                      score_threshold=args.confidence_threshold)
         predictor = DemoPredictor(cfg, name=model_name_from_config(args.config_file),
-                                  class_names=class_names)
+                                  class_names=class_names, compile_serving=args.compile)
         summary = run_on_inputs(predictor, args.input, args.output, args.confidence_threshold)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None

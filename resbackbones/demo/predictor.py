@@ -29,17 +29,34 @@ from resbackbones.checkpoint import ResBackboneCheckpointer
 from resbackbones.config import build_config
 from resbackbones.engine.class_names import read_class_names
 from resbackbones.engine.devices import resolve_device
+from resbackbones.modeling.serving import (
+    check_serving_compile,
+    default_buckets,
+    enable_compiled_serving,
+)
 
 from .images import DecodedImage, decode_image
 
 __all__ = [
     "DemoPredictor",
     "Prediction",
+    "SERVING_COMPILE_HELP",
     "model_name_from_config",
     "build_inference_config",
 ]
 
 logger = logging.getLogger(__name__)
+
+# The --compile option of both demo command lines (tools/gradio_demo.py, tools/demo.py).
+SERVING_COMPILE_HELP = (
+    "torch.compile backbone + FPN at start-up for a landscape and a portrait input-size bucket "
+    "(INPUT.MIN_SIZE_TEST x MAX_SIZE_TEST; inputs are zero-padded to their bucket, so no image "
+    "compiles again); the compile seconds per bucket are logged. 'auto': keep the compiled "
+    "graph only for buckets where it beat eager in a timing after warm-up; 'on': wherever it "
+    "compiles. Any compiler error falls back to eager with a warning. Default 'off': compiling "
+    "costs tens of seconds to minutes per bucket on a CPU, which only pays over many images, "
+    "and padding to a bucket shifts detections near the bottom/right edges slightly, as "
+    "batched inference does.")
 
 def build_inference_config(
     config_file: str,
@@ -137,6 +154,11 @@ class DemoPredictor:
             (they stay randomly initialised). Off by default: such a model shows garbage.
         dataset_id_to_contiguous_id: the dataset's category ids, for COCO results JSON (else:
             from ``class_names.json`` or the registered ``DATASETS.TEST[0]``).
+        compile_serving: "off", "auto" or "on" (``resbackbones.modeling.serving``): compile
+            backbone + FPN at start-up for padded input-size buckets; "auto" keeps the compiled
+            graph only where it beat eager after warm-up.
+        serving_buckets: (height, width) buckets for ``compile_serving`` (default: the
+            landscape and portrait shapes of ``INPUT.MIN_SIZE_TEST``/``MAX_SIZE_TEST``).
     """
 
     def __init__(
@@ -146,7 +168,10 @@ class DemoPredictor:
         class_names: Optional[Sequence[str]] = None,
         allow_partial_weights: bool = False,
         dataset_id_to_contiguous_id: Optional[Mapping[int, int]] = None,
+        compile_serving: str = "off",
+        serving_buckets: Optional[Sequence[Tuple[int, int]]] = None,
     ):
+        check_serving_compile(compile_serving)  # a typo fails before the model is built
         self.cfg = cfg.clone()
         self.cfg.freeze()
         self.name = name
@@ -158,6 +183,13 @@ class DemoPredictor:
             raise ValueError(f"INPUT.FORMAT is {self.input_format!r}; the demo supports RGB, BGR.")
         self.test_size = (int(cfg.INPUT.MIN_SIZE_TEST), int(cfg.INPUT.MAX_SIZE_TEST))
         self.resize = T.ResizeShortestEdge([self.test_size[0]] * 2, self.test_size[1])
+        self.serving = None  # the BucketedCompiledBackbone with compile_serving on
+        if compile_serving != "off":
+            buckets = serving_buckets or default_buckets(
+                *self.test_size, int(getattr(self.model.backbone, "size_divisibility", 0) or 0))
+            logger.info(f"{self.name}: compiling backbone + FPN for input buckets {buckets} "
+                        f"(--compile {compile_serving}) ...")
+            self.serving = enable_compiled_serving(self.model, buckets, mode=compile_serving)
         weights = cfg.MODEL.WEIGHTS
         self._saved = read_class_names(os.path.dirname(os.path.abspath(weights))) \
             if weights and "://" not in weights else None

@@ -30,10 +30,16 @@ from typing import Callable, Dict, List, Optional, Sequence
 from detectron2.utils.logger import setup_logger
 
 from resbackbones.checkpoint import WeightsUnavailableError
+from resbackbones.modeling.serving import SERVING_COMPILE_CHOICES
 
 from .app import DetectionDemo, build_app, launch_app
 from .model_zoo import MODEL_ZOO_MODELS, build_model_zoo_predictor
-from .predictor import DemoPredictor, model_name_from_config, build_inference_config
+from .predictor import (
+    SERVING_COMPILE_HELP,
+    DemoPredictor,
+    build_inference_config,
+    model_name_from_config,
+)
 
 __all__ = ["get_parser", "main", "parse_model_specs", "quickstart_args"]
 
@@ -66,6 +72,9 @@ def get_parser() -> argparse.ArgumentParser:
                              "$RESBACKBONES_MODEL_ZOO_URL, else Detectron2's).")
     parser.add_argument("--no-model-zoo", action="store_true",
                         help="Do not offer Detectron2's COCO model in the dropdown.")
+    parser.add_argument("--compile", default="off", choices=SERVING_COMPILE_CHOICES,
+                        help=SERVING_COMPILE_HELP + " Applies to the models given here (each "
+                             "is compiled when it is built), not to the model-zoo entry.")
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
                         help="KEY VALUE config overrides, applied to every model; put it last.")
     return parser
@@ -93,8 +102,10 @@ def parse_model_specs(args: argparse.Namespace) -> "OrderedDict[str, tuple]":
 
 
 def build_models(specs: Dict[str, tuple], device: Optional[str],
-                 class_names: Optional[List[str]]) -> Dict[str, Callable[[], DemoPredictor]]:
-    """Configs are read now (so a typo fails at start); models are built on first use."""
+                 class_names: Optional[List[str]], compile_serving: str = "off"
+                 ) -> Dict[str, Callable[[], DemoPredictor]]:
+    """Configs are read now (so a typo fails at start); models are built (and, with
+    ``compile_serving``, compiled) on first use."""
     models = OrderedDict()
     for name, (config_file, opts) in specs.items():
         cfg = build_inference_config(config_file, opts, device=device)
@@ -103,7 +114,8 @@ def build_models(specs: Dict[str, tuple], device: Optional[str],
             raise FileNotFoundError(f"Model {name!r}: MODEL.WEIGHTS file {weights!r} does not "
                                     "exist (after `make quickstart`: "
                                     f"{QUICKSTART_OUTPUT}/model_final.pth).")
-        models[name] = partial(DemoPredictor, cfg, name=name, class_names=class_names)
+        models[name] = partial(DemoPredictor, cfg, name=name, class_names=class_names,
+                               compile_serving=compile_serving)
     return models
 
 
@@ -136,7 +148,8 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     class_names = [c.strip() for c in args.class_names.split(",")] if args.class_names else None
     try:
         given = args.config_file or args.model or args.no_model_zoo
-        models = build_models(parse_model_specs(args), args.device, class_names) if given \
+        models = build_models(parse_model_specs(args), args.device, class_names,
+                              args.compile) if given \
             else OrderedDict()  # nothing trained yet: the COCO model alone
         if not args.no_model_zoo:  # --opts are meant for the user's models, not for these
             add_model_zoo_models(models, args.device, (), args.model_zoo_url)

@@ -15,7 +15,18 @@ from typing import Iterator, List, Optional, Tuple
 import torch
 from torch import nn
 
-__all__ = ["fold_batchnorm", "FoldedInferenceCopy"]
+__all__ = ["fold_batchnorm", "FoldedInferenceCopy", "is_compiling"]
+
+# torch.compiler.is_compiling arrived in torch 2.3; older releases have the dynamo one.
+_IS_COMPILING = (getattr(getattr(torch, "compiler", None), "is_compiling", None)
+                 or (lambda: torch._dynamo.is_compiling()))
+
+
+def is_compiling() -> bool:
+    """Whether torch.compile is tracing this call: speed-ups whose Python bookkeeping or
+    kernels cannot be traced (the folded copy, NNPACK) step aside then."""
+    return bool(_IS_COMPILING())
+
 
 # timm's ResNet blocks name a conv and the norm applied to its output alike: conv1 -> bn1, ...
 _BN_NAME = re.compile(r"bn(\d*)")

@@ -41,7 +41,8 @@ import torch
 from resbackbones.modeling.cpu_info import cpu_info
 
 __all__ = ["TUNING_ENV", "CACHE_ENV", "TUNING_MODES", "KernelChoiceCache", "cache_file",
-           "choose_kernel", "forget_choices", "machine_key", "shape_bucket", "tuning_mode"]
+           "choose_kernel", "forget_choices", "machine_key", "shape_bucket", "time_candidates",
+           "tuning_mode"]
 
 logger = logging.getLogger(__name__)
 
@@ -151,10 +152,11 @@ _caches: Dict[str, KernelChoiceCache] = {}
 _session: Dict[tuple, str] = {}  # choices of this process (also those of mode "refresh")
 
 
-def _time_candidates(candidates: Dict[str, Callable[[], object]], rounds: int = 3
+def time_candidates(candidates: Dict[str, Callable[[], object]], rounds: int = 3
                      ) -> Dict[str, float]:
     """Best-of-``rounds`` milliseconds of each candidate, run round-robin after one warm-up
-    call each (allocation, packing); fewer rounds for slow calls."""
+    call each (allocation, packing); fewer rounds for slow calls. Also used by compiled serving
+    (``modeling/serving.py``) to time eager against compiled."""
     best = {}
     for name, run in candidates.items():
         start = time.perf_counter()
@@ -200,7 +202,7 @@ def choose_kernel(kind: str, key: str, candidates: Dict[str, Callable[[], object
         choice = _session.get(session_key) or (
             cache.get(machine, full_key) if mode == "measure" else None)
         if choice not in candidates:
-            milliseconds = _time_candidates(candidates)
+            milliseconds = time_candidates(candidates)
             stock = next(iter(candidates))
             fastest = min(milliseconds, key=milliseconds.get)
             choice = (fastest if milliseconds[fastest] < (1 - MIN_GAIN) * milliseconds[stock]

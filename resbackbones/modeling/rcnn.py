@@ -36,6 +36,7 @@ from resbackbones.modeling.fpn import (
 )
 from resbackbones.modeling.kernel_choice import tuning_mode
 from resbackbones.modeling.roi_align import with_parallel_roi_align
+from resbackbones.modeling.serving import BucketedCompiledBackbone
 from resbackbones.modeling.timm_backbone import check_channels_last
 from resbackbones.modeling.winograd import nnpack_available, with_winograd_convolutions
 
@@ -63,6 +64,14 @@ def _heads_use_channels_last(setting: str, training: bool, device: torch.device)
     if setting == "auto":
         return device.type == "cpu"
     return setting == "on"
+
+
+def _features_in_any_layout(backbone: nn.Module) -> bool:
+    """Whether ``backbone`` has ``forward_any_layout``: a ResBackboneFPN, or compiled serving
+    (``modeling/serving.py``) around one."""
+    if isinstance(backbone, BucketedCompiledBackbone):
+        backbone = backbone.eager
+    return isinstance(backbone, ResBackboneFPN)
 
 
 def _float_fields(instances: Instances) -> Instances:
@@ -149,7 +158,7 @@ class ResBackboneRCNN(GeneralizedRCNN):
         amp_dtype = None
         if not self.training and not torch.is_grad_enabled():
             amp_dtype = inference_autocast_dtype(self.heads_inference_amp, self.device)
-        if not (isinstance(self.backbone, ResBackboneFPN) and detected_instances is None
+        if not (_features_in_any_layout(self.backbone) and detected_instances is None
                 and self.proposal_generator is not None and (channels_last or amp_dtype)):
             return super().inference(batched_inputs, detected_instances, do_postprocess)
         assert not self.training

@@ -29,7 +29,7 @@ from torch import nn
 
 from resbackbones.catalog import STAGE_NAMES, CatalogEntry, select_stride_indices
 from resbackbones.errors import ConfigError, check_choice
-from resbackbones.modeling.inference import FoldedInferenceCopy
+from resbackbones.modeling.inference import FoldedInferenceCopy, is_compiling
 from resbackbones.modeling.norms import convert_norm
 
 __all__ = ["TimmBackbone", "CHANNELS_LAST_CHOICES", "check_channels_last", "check_freeze_at",
@@ -177,7 +177,11 @@ class TimmBackbone(Backbone):
             # Detectron2's ImageList makes the batch NCHW-contiguous; convert here, once.
             x = x.contiguous(memory_format=torch.channels_last)
         body = self.body
-        if self.fold_bn_for_inference and not self.training and not torch.is_grad_enabled():
+        # While torch.compile traces backbone + FPN (modeling/serving.py) the graph computes the
+        # norms itself (fused with their activations): the folded copy's bookkeeping (tensor
+        # versions, data pointers) cannot be traced.
+        if (self.fold_bn_for_inference and not self.training and not torch.is_grad_enabled()
+                and not is_compiling()):
             body = self._inference_body.get(self.body, channels_last)
         features = body.forward_intermediates(
             x, indices=self._indices, norm=True, stop_early=True, intermediates_only=True

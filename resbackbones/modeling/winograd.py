@@ -23,6 +23,7 @@ from detectron2.layers import Conv2d as Detectron2Conv2d
 from torch import nn
 from torch.nn import functional as F
 
+from resbackbones.modeling.inference import is_compiling
 from resbackbones.modeling.kernel_choice import choose_kernel, shape_bucket
 
 __all__ = ["WinogradConv2d", "WinogradDetectron2Conv2d", "nnpack_available",
@@ -52,8 +53,11 @@ def winograd_applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     Eligible calls (CPU, float32 without autocast, no grad, large enough) go through NNPACK
     where this machine measured it faster for the shape (:mod:`kernel_choice`; always with
     ``RESBACKBONES_CPU_TUNING=off``). Under bf16 autocast oneDNN's direct bf16 kernels are
-    used instead: Winograd would compute in float32.
+    used instead: Winograd would compute in float32. Never while ``torch.compile`` traces.
     """
+    if is_compiling():
+        # A traced graph gets the compiler's kernels: NNPACK has no fake-tensor kernel to trace.
+        return False
     eligible = (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
                 and conv.weight.dtype == torch.float32 and not torch.is_grad_enabled()
                 and not torch.is_autocast_enabled("cpu")
