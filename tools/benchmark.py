@@ -5,6 +5,7 @@
     python tools/benchmark.py --arch resnext101_32x8d --no-training
     python tools/benchmark.py --height 256 --width 320 --output /tmp/BENCH.md --no-scaling
     python tools/benchmark.py --onnx            # ONNX Runtime vs eager PyTorch, same weights
+    python tools/benchmark.py --profile-training --bf16 --height 512 --width 768
 
 Writes (or updates this device's section of) BENCHMARKS.md and a scaling plot next to it.
 """
@@ -46,6 +47,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="add a row: ours with backbone + FPN compiled for the input's size "
                              "bucket (the demos' --compile on): warm-up seconds, s/img after "
                              "it and the ratio to the eager row (inference only, same weights)")
+    parser.add_argument("--profile-training", action="store_true",
+                        help="instead: profile training iterations of ours and the built-in "
+                             "(CPU) and tabulate the time per part: backbone, FPN, RPN, ROI "
+                             "heads, losses, backward, optimizer (section <device>-training-"
+                             "profile); with --bf16 also both with bf16 autocast training")
+    parser.add_argument("--profile-iterations", type=int, default=2,
+                        help="profiled training iterations per model (after --warmup)")
     parser.add_argument("--scaling-archs", nargs="+", default=SCALING_ARCHS)
     parser.add_argument("--scaling-sizes", nargs="+", default=SCALING_SIZES,
                         help="HEIGHTxWIDTH input sizes for the size sweep")
@@ -98,6 +106,20 @@ def onnx_section(settings, output: str, section=None) -> int:
     return 0
 
 
+def training_profile_section(settings, output: str, iterations: int, include_bf16: bool,
+                             section=None) -> int:
+    from resbackbones.benchmark.profile import run_training_profile, training_profile_markdown
+
+    result = run_training_profile(settings, iterations, include_bf16)
+    body = "\n".join([f"## CPU training profile: {result.device_name}", "",
+                      training_profile_markdown(result)])
+    write_section(output, section or f"{device_section(torch.device(settings.device))}"
+                  "-training-profile", body)
+    print(body)
+    print(f"\nwrote {output}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
@@ -111,6 +133,9 @@ def main(argv=None) -> int:
         include_compiled_serving=args.compile_serving)
     if args.onnx:
         return onnx_section(settings, args.output, args.section)
+    if args.profile_training:
+        return training_profile_section(settings, args.output, args.profile_iterations,
+                                        args.bf16, args.section)
     result = run_comparison(settings)
     scaling = []
     plot_name = None

@@ -13,6 +13,12 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import torch
 from torch import nn
+from torch.profiler import record_function
+
+# Profiler regions around the phases of a Detectron2 contender's training step.
+FORWARD_REGION = "train: forward"
+BACKWARD_REGION = "train: backward"
+OPTIMIZER_REGION = "train: optimizer step"
 
 # Logit added to one foreground class: softmax over 81 classes then gives it about 0.65.
 _CLASS_BIAS = 5.0
@@ -118,11 +124,14 @@ def _sgd(model: nn.Module) -> torch.optim.Optimizer:
 
 
 def detectron2_contender(name: str, cfg, image_rgb: np.ndarray, train_batch: int,
-                         description: str, state_dict: Optional[dict] = None) -> Contender:
+                         description: str, state_dict: Optional[dict] = None,
+                         train_autocast: Optional[torch.dtype] = None) -> Contender:
     """Any Detectron2 detector built from ``cfg`` (built-in backbone or ours).
 
     With ``state_dict`` the model loads it (strictly) instead of being calibrated, so that two
-    contenders can run the very same network and weights.
+    contenders can run the very same network and weights. With ``train_autocast`` the training
+    step's forward runs under ``torch.autocast`` of that dtype, as ``CPUAutocastTrainer`` does
+    (backward and SGD step as they are; losses summed in float32).
     """
     from detectron2.modeling import build_model
 
@@ -149,12 +158,18 @@ def detectron2_contender(name: str, cfg, image_rgb: np.ndarray, train_batch: int
         from detectron2.utils.events import EventStorage
 
         model.train()
-        with EventStorage():  # Detectron2's losses log into the current storage
-            losses = model(train_inputs)
-        total = sum(losses.values())
+        # The regions name the phases for the training profile (benchmark/profile.py); without
+        # a profiler running they cost microseconds.
+        with record_function(FORWARD_REGION), EventStorage(), torch.autocast(
+                device.type, dtype=train_autocast or torch.bfloat16,
+                enabled=train_autocast is not None):
+            losses = model(train_inputs)  # EventStorage: Detectron2's losses log into it
+        total = sum(loss.float() for loss in losses.values())
         optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
+        with record_function(BACKWARD_REGION):
+            total.backward()
+        with record_function(OPTIMIZER_REGION):
+            optimizer.step()
         return float(total.detach())
 
     return Contender(name, model, infer, train_step, description, test_inputs)
