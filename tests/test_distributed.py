@@ -34,7 +34,7 @@ RUN = ["INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "128",
        "DATASETS.TRAIN", "('dist_train',)", "DATASETS.TEST", "()", "MODEL.MASK_ON", "False",
        "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.IMS_PER_BATCH", "2",
        "MODEL.DEVICE", "cpu", "SEED", "7"]
-TIMEOUT_S = 300
+TIMEOUT_S = 600  # generous: CI machines are sometimes shared (a run at load 4-5 needed > 300 s)
 
 
 # --- SLURM host lists and launch environments (no processes) ---------------------------------

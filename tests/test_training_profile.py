@@ -37,9 +37,12 @@ def test_parts_add_up_to_the_iteration(tiny_profile):
         # one timed iteration on a shared machine).
         assert profile.step.median / 3 < profile.profiled_step_seconds < profile.step.median * 3
         assert torch.isfinite(torch.tensor(profile.first_loss))
-    # Same weights and seeded sampling: both float32 detectors start from the same loss.
+    # Same weights and seeded sampling: both float32 detectors start from about the same loss.
+    # Not exactly: with random weights many RPN scores are near-tied, so rounding-level
+    # differences (channels-last, summation order) can change which proposals the ROI heads
+    # sample (a fresh-clone CI run under load saw 7.106 vs 7.168).
     ours, reference = tiny_profile.profiles.values()
-    assert ours.first_loss == pytest.approx(reference.first_loss, rel=1e-3)
+    assert ours.first_loss == pytest.approx(reference.first_loss, rel=0.05)
 
 
 def test_markdown_has_the_table(tiny_profile, tmp_path):
