@@ -313,10 +313,7 @@ def training_profile_markdown(result: TrainingProfileResult) -> str:
                     + [f"{result.profiles[n].step.median * 1e3:.1f}" for n in names])
     table = tabulate(rows, headers=["part: ms/iteration (share)"] + names, tablefmt="github")
     lines = [
-        f"Training profile: config `{settings.config_file}`"
-        + (f", architecture `{settings.arch}`" if settings.arch else "")
-        + (f", overrides `{' '.join(settings.opts)}`" if settings.opts else "")
-        + f"; input {settings.height}x{settings.width}, batch {settings.train_batch}, "
+        f"Training profile: config {settings.model_description()}; input {settings.height}x{settings.width}, batch {settings.train_batch}, "
         f"{result.iterations} profiled iterations per model after {settings.warmup} warm-up "
         f"(forward, backward, SGD step; random weights, synthetic targets); "
         f"{result.device_name}; measured {datetime.date.today().isoformat()}.",

@@ -75,10 +75,8 @@ def comparison_markdown(result: ComparisonResult) -> str:
         headers += [f"train img/s (batch {settings.train_batch})", "vs built-in",
                     "train peak mem GiB"]
     lines = [
-        f"Config `{settings.config_file}`"
-        + (f", architecture `{settings.arch}`" if settings.arch else "")
-        + (f", overrides `{' '.join(settings.opts)}`" if settings.opts else "")
-        + f"; input {settings.height}x{settings.width}, inference batch 1, "
+        f"Config {settings.model_description()}; input {settings.height}x{settings.width}, "
+        f"inference batch 1, "
         f"{settings.repeats} timed runs after {settings.warmup} warm-up"
         + (f"; training: {settings.train_repeats} timed iterations (forward, backward, SGD step) "
            f"of {settings.train_batch} images" if result.training else "") + ".",

@@ -80,6 +80,12 @@ class BenchmarkSettings:
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     opts: List[str] = field(default_factory=list)
 
+    def model_description(self) -> str:
+        """The config file, architecture and overrides, as every section's first line names them."""
+        return (f"`{self.config_file}`"
+                + (f", architecture `{self.arch}`" if self.arch else "")
+                + (f", overrides `{' '.join(self.opts)}`" if self.opts else ""))
+
 
 @dataclass
 class ComparisonResult:
