@@ -202,6 +202,47 @@ def test_drawing_results_and_json(predictor, tmp_path):
                           instances.pred_masks[0].numpy().astype(np.uint8))
 
 
+def _instances(boxes, scores, classes, size=(100, 100)):
+    from detectron2.structures import Boxes, Instances
+
+    instances = Instances(size)
+    instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
+    instances.scores = torch.tensor(scores)
+    instances.pred_classes = torch.tensor(classes)
+    return instances
+
+
+def test_one_label_per_object_drops_cross_class_duplicates():
+    # 0 and 1: one object seen as two classes (box IoU 0.82); 2: a neighbouring object of
+    # class 0 (IoU 0.33 with 0); 3: far away, another class.
+    instances = _instances(
+        [[10, 10, 50, 50], [12, 12, 52, 52], [30, 10, 70, 50], [80, 80, 95, 95]],
+        [0.9, 0.8, 0.7, 0.6], [0, 1, 0, 2])
+    kept = filter_instances(instances, 0.0, cross_class_iou=0.7)
+    assert kept.scores.tolist() == pytest.approx([0.9, 0.7, 0.6])  # score order kept
+    assert kept.pred_classes.tolist() == [0, 0, 2]
+    assert len(filter_instances(instances, 0.0)) == 4  # off by default, as Detectron2
+    assert len(filter_instances(instances, 0.0, cross_class_iou=0.9)) == 4  # IoU 0.82 < 0.9
+    # the class filter applies first: hiding class 0 brings class 1 back
+    assert filter_instances(instances, 0.0, [1, 2], 0.7).pred_classes.tolist() == [1, 2]
+    with pytest.raises(ValueError, match=r"cross_class_iou must be in \(0, 1\]"):
+        filter_instances(instances, 0.0, cross_class_iou=1.5)
+
+
+def test_demo_one_label_option(demo, predictor):
+    prediction = predictor(_png(_shapes()))
+    duplicated = _instances([[10, 10, 50, 50], [12, 12, 52, 52]], [0.9, 0.8], [0, 1],
+                            prediction.image.shape[:2])
+    duplicated.pred_masks = torch.zeros((2,) + prediction.image.shape[:2], dtype=torch.bool)
+    prediction.instances = duplicated
+    one = demo.render(prediction, score_threshold=0.0)
+    assert len(one.rows) == 1 and one.rows[0][0] == predictor.class_names[0]
+    assert "1 shown of 2" in one.message and "1 hidden as another class" in one.message
+    both = demo.render(prediction, score_threshold=0.0, one_label=False)
+    assert len(both.rows) == 2 and "hidden" not in both.message
+    assert len(json.loads(Path(one.json_path).read_text())) == 1  # the JSON lists what is shown
+
+
 def test_demo_bad_inputs_give_messages_and_recover(demo, tmp_path):
     good = _png(_shapes())
     result = demo.detect(good, score_threshold=0.0)
@@ -275,6 +316,24 @@ def test_cli_demo_on_a_folder(model_files, tmp_path):
     assert Image.open(output / "000001.png").size == (128, 96)
     detections = json.load(open(output / "000002.json"))
     assert detections and {d["image_id"] for d in detections} == {2}
+
+    # --one-label-per-object: with 100 detections kept, the random model repeats objects
+    # across classes; the flag drops exactly what class-agnostic NMS at IoU 0.7 drops.
+    def boxes_of(folder, flags):
+        assert demo_cli(["--config-file", config_file, "--input", str(inputs / "000002.png"),
+                         "--output", str(folder), "--confidence-threshold", "0.0", *flags,
+                         "--opts", *opts, "TEST.DETECTIONS_PER_IMAGE", "100"]) == 0
+        found = json.load(open(folder / "000002.json"))
+        boxes = torch.tensor([d["bbox"] for d in found])
+        return torch.cat([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], dim=1), found
+
+    from torchvision.ops import nms
+
+    all_boxes, every = boxes_of(tmp_path / "all", [])
+    one_boxes, _ = boxes_of(tmp_path / "one_label", ["--one-label-per-object"])
+    expected = nms(all_boxes, torch.tensor([d["score"] for d in every]), 0.7).sort().values
+    assert 0 < len(one_boxes) < len(all_boxes)
+    torch.testing.assert_close(one_boxes, all_boxes[expected])
 
 
 def test_video_input(predictor, tmp_path):

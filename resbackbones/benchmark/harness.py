@@ -18,6 +18,7 @@ import psutil
 import torch
 
 from resbackbones.modeling.cpu_info import cpu_info
+from resbackbones.modeling.serving import synchronize
 
 
 @dataclass
@@ -95,11 +96,6 @@ def release_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure_interleaved(
     steps: Dict[str, Callable[[], None]],
     device: torch.device,
@@ -125,13 +121,13 @@ def measure_interleaved(
             step()
             if progress:
                 progress(f"warm-up {name} {index + 1}/{warmup}")
-    _synchronize(device)
+    synchronize(device)
     for round_index in range(repeats):
         for name, step in steps.items():
             with PeakMemory(device) as memory:
                 start = time.perf_counter()
                 step()
-                _synchronize(device)
+                synchronize(device)
                 results[name].seconds.append(time.perf_counter() - start)
             results[name].peak_memory_bytes = max(results[name].peak_memory_bytes,
                                                   memory.peak_bytes)

@@ -20,7 +20,7 @@ import logging
 import math
 import os
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -198,13 +198,18 @@ def _split_dict(spec: SyntheticSpec, split: str, image_root: str) -> Dict[str, o
     }
 
 
-def _is_complete(root: str, spec: SyntheticSpec) -> bool:
-    manifest_path = os.path.join(root, "manifest.json")
+def _read_manifest(root: str) -> Optional[dict]:
+    """``root/manifest.json`` as written by :func:`generate_synthetic_coco`, or None."""
     try:
-        with open(manifest_path) as f:
-            if json.load(f) != spec.manifest():
-                return False
+        with open(os.path.join(root, "manifest.json")) as f:
+            manifest = json.load(f)
     except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and "generator_version" in manifest else None
+
+
+def _is_complete(root: str, spec: SyntheticSpec) -> bool:
+    if _read_manifest(root) != spec.manifest():
         return False
     for split, count in (("train", spec.num_train), ("val", spec.num_val)):
         json_file, image_root = synthetic_paths(root, split)
@@ -217,14 +222,8 @@ def _is_complete(root: str, spec: SyntheticSpec) -> bool:
 
 def _written_by_us(root: str) -> bool:
     """Whether ``root`` holds this generator's files (a manifest or an interrupted run's marker)."""
-    if os.path.isfile(os.path.join(root, _GENERATING_MARKER)):
-        return True
-    try:
-        with open(os.path.join(root, "manifest.json")) as f:
-            manifest = json.load(f)
-    except (OSError, ValueError):
-        return False
-    return isinstance(manifest, dict) and "generator_version" in manifest
+    return (os.path.isfile(os.path.join(root, _GENERATING_MARKER))
+            or _read_manifest(root) is not None)
 
 
 def _refuse_foreign_files(root: str) -> None:

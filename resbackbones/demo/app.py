@@ -28,7 +28,14 @@ from .examples import make_example_images
 from .images import ImageDecodeError
 from .photos import make_photo_examples
 from .predictor import DemoPredictor, Prediction
-from .results import TABLE_HEADERS, coco_results, detection_rows, filter_instances, write_coco_json
+from .results import (
+    ONE_LABEL_IOU,
+    TABLE_HEADERS,
+    coco_results,
+    detection_rows,
+    filter_instances,
+    write_coco_json,
+)
 
 __all__ = ["DemoResult", "DetectionDemo", "build_app", "launch_app"]
 
@@ -126,6 +133,7 @@ class DetectionDemo:
         score_threshold: float = 0.5,
         classes: Optional[Sequence[str]] = None,
         parts: Optional[Sequence[str]] = None,
+        one_label: bool = True,
     ) -> DemoResult:
         """Decode an upload, run the model and render the result; never raises for bad input.
 
@@ -136,6 +144,8 @@ class DetectionDemo:
             score_threshold: minimum score shown.
             classes: class names to show; empty or ``None`` shows all.
             parts: which of ``boxes``, ``masks``, ``labels`` to draw (``None``: all).
+            one_label: show one label per object: hide a detection whose box overlaps a
+                higher-scored one of another class (IoU >= :data:`ONE_LABEL_IOU`).
 
         Returns:
             The result; on bad input ``image`` is ``None`` and ``message`` says why.
@@ -162,7 +172,8 @@ class DetectionDemo:
             return DemoResult(None, [], None, f"The model failed on this image: {err}",
                               error=True)
         stem = _safe_stem(display_name)
-        return self.render(prediction, model_name, score_threshold, classes, parts, stem)
+        return self.render(prediction, model_name, score_threshold, classes, parts, stem,
+                           one_label)
 
     def render(
         self,
@@ -172,12 +183,13 @@ class DetectionDemo:
         classes: Optional[Sequence[str]] = None,
         parts: Optional[Sequence[str]] = None,
         image_stem: str = "upload",
+        one_label: bool = True,
     ) -> DemoResult:
         """Filter a prediction, draw it, tabulate it and write its JSON (no model call).
 
         Args:
             prediction: from :meth:`detect` (``None``: nothing to render yet).
-            model_name, score_threshold, classes, parts: as in :meth:`detect`.
+            model_name, score_threshold, classes, parts, one_label: as in :meth:`detect`.
             image_stem: used in the JSON file name and, when it is a number (COCO file names),
                 as the ``image_id``.
 
@@ -194,6 +206,8 @@ class DetectionDemo:
             return DemoResult(None, [], None, message, error=True, prediction=prediction)
         class_ids = [names.index(c) for c in classes or []]
         kept = filter_instances(prediction.instances, score_threshold, class_ids)
+        shown = filter_instances(kept, cross_class_iou=ONE_LABEL_IOU) if one_label else kept
+        duplicates, kept = len(kept) - len(shown), shown
         start = time.perf_counter()
         drawn = draw_detections(prediction.image, kept, names, parts)
         draw_time = time.perf_counter() - start
@@ -204,7 +218,7 @@ class DetectionDemo:
             self.output_dir, f"detections_{image_stem}_{uuid.uuid4().hex[:8]}.json"))
         timings = dict(prediction.timings, drawing=draw_time)
         message = _status_message(predictor, prediction, len(kept), score_threshold, classes,
-                                  timings)
+                                  timings, duplicates)
         return DemoResult(drawn, detection_rows(kept, names), json_path, message,
                           prediction=prediction, timings=timings)
 
@@ -249,7 +263,7 @@ def _ms(seconds: float) -> str:
 
 def _status_message(predictor: DemoPredictor, prediction: Prediction, shown: int,
                     score_threshold: float, classes: Optional[Sequence[str]],
-                    timings: Mapping[str, float]) -> str:
+                    timings: Mapping[str, float], duplicates: int = 0) -> str:
     total = len(prediction.instances)
     height, width = prediction.image.shape[:2]
     lines = [
@@ -260,6 +274,9 @@ def _status_message(predictor: DemoPredictor, prediction: Prediction, shown: int
     filters = f"score ≥ {score_threshold:.2f}"
     if classes:
         filters += f", classes {', '.join(classes)}"
+    if duplicates:
+        filters += (f"; {duplicates} hidden as another class of a higher-scored detection, "
+                    f"box IoU ≥ {ONE_LABEL_IOU:g}")
     if shown:
         lines.append(f"**Detections:** {shown} shown of {total} ({filters}); "
                      f"image {width}x{height} px.")
@@ -316,8 +333,8 @@ def build_app(
         table = pd.DataFrame(result.rows, columns=TABLE_HEADERS) if result.rows else empty_table()
         return result.image, table, result.json_path, result.message, state
 
-    def on_detect(upload, model_name, threshold, classes, parts):
-        result = demo.detect(upload, model_name, threshold, classes, parts)
+    def on_detect(upload, model_name, threshold, classes, parts, one_label=True):
+        result = demo.detect(upload, model_name, threshold, classes, parts, one_label)
         state = None
         if result.prediction is not None:
             name = (upload or {}).get("orig_name") if isinstance(upload, dict) else None
@@ -325,11 +342,11 @@ def build_app(
                      "stem": _safe_stem(name or "upload")}
         return to_outputs(result, state)
 
-    def on_render(state, model_name, threshold, classes, parts):
+    def on_render(state, model_name, threshold, classes, parts, one_label=True):
         if not state or state.get("model") != model_name:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), state
         result = demo.render(state["prediction"], model_name, threshold, classes, parts,
-                             state["stem"])
+                             state["stem"], one_label)
         return to_outputs(result, state)
 
     def on_model_change(model_name, progress=gr.Progress(track_tqdm=True)):
@@ -340,10 +357,10 @@ def build_app(
             return gr.Dropdown(choices=[], value=[]), failure
         return gr.Dropdown(choices=names, value=[]), gr.skip()
 
-    def on_detect_after_switch(upload, model_name, threshold, classes, parts):
+    def on_detect_after_switch(upload, model_name, threshold, classes, parts, one_label=True):
         if not demo.is_built(model_name):  # clear the other model's result, keep the message
             return None, empty_table(), None, gr.skip(), None
-        return on_detect(upload, model_name, threshold, classes, parts)
+        return on_detect(upload, model_name, threshold, classes, parts, one_label)
 
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as app:
         gr.Markdown(f"# {title}\nDrop an image (or pick an example). Boxes, labels and instance "
@@ -362,6 +379,11 @@ def build_app(
                                       label="Classes to show (empty: all)", elem_id="classes")
                 parts = gr.CheckboxGroup(list(DRAW_PARTS), value=list(DRAW_PARTS), label="Draw",
                                          elem_id="parts")
+                one_label = gr.Checkbox(
+                    True, label="One label per object",
+                    info=f"Hide a detection whose box overlaps a higher-scored one of another "
+                         f"class (IoU ≥ {ONE_LABEL_IOU:g}); Detectron2 suppresses within a "
+                         "class only.", elem_id="one-label")
                 run = gr.Button("Detect", variant="primary", elem_id="detect")
                 if photos:
                     gr.Examples(examples=[[p] for p in photos], inputs=[image_in],
@@ -378,12 +400,12 @@ def build_app(
                 json_file = gr.File(label="Detections (COCO JSON)", interactive=False,
                                     elem_id="json")
         outputs = [image_out, table, json_file, status, state]
-        controls = [model, threshold, classes, parts]
+        controls = [model, threshold, classes, parts, one_label]
         # preprocess=False: the function gets Gradio's upload record and decodes the bytes
         # itself, so a corrupt file becomes a message on the page, not a failed request.
         gr.on([image_in.change, run.click], on_detect, inputs=[image_in] + controls,
               outputs=outputs, preprocess=False, api_name="detect")
-        gr.on([threshold.change, classes.change, parts.change], on_render,
+        gr.on([threshold.change, classes.change, parts.change, one_label.change], on_render,
               inputs=[state] + controls, outputs=outputs, api_visibility="private",
               trigger_mode="always_last",
               show_progress="minimal")

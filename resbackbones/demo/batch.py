@@ -28,7 +28,7 @@ from .predictor import (
     build_inference_config,
     model_name_from_config,
 )
-from .results import coco_results, filter_instances, write_coco_json
+from .results import ONE_LABEL_IOU, coco_results, filter_instances, write_coco_json
 
 __all__ = ["BatchSummary", "expand_inputs", "get_parser", "main", "run_on_image_file",
            "run_on_inputs", "run_on_video"]
@@ -87,8 +87,11 @@ def _image_id(path: str, index: int) -> int:
 
 
 def run_on_image_file(predictor: DemoPredictor, path: str, output_dir: str,
-                      score_threshold: float = 0.5, image_id: int = 0) -> List[str]:
+                      score_threshold: float = 0.5, image_id: int = 0,
+                      cross_class_iou: Optional[float] = None) -> List[str]:
     """Predict on one image file; write ``<stem>.png`` (drawing) and ``<stem>.json``.
+
+    ``cross_class_iou``: see :func:`~resbackbones.demo.results.filter_instances`.
 
     Returns:
         The two written paths.
@@ -97,7 +100,8 @@ def run_on_image_file(predictor: DemoPredictor, path: str, output_dir: str,
         ImageDecodeError: the file is not a usable image.
     """
     prediction = predictor(path, name=os.path.basename(path))
-    kept = filter_instances(prediction.instances, score_threshold)
+    kept = filter_instances(prediction.instances, score_threshold,
+                            cross_class_iou=cross_class_iou)
     drawn = draw_detections(prediction.image, kept, predictor.class_names)
     stem = os.path.splitext(os.path.basename(path))[0]
     os.makedirs(output_dir, exist_ok=True)
@@ -116,7 +120,8 @@ def _is_video(path: str) -> bool:
 
 
 def run_on_video(predictor: DemoPredictor, path: str, output_dir: str,
-                 score_threshold: float = 0.5) -> List[str]:
+                 score_threshold: float = 0.5,
+                 cross_class_iou: Optional[float] = None) -> List[str]:
     """Predict on every frame of a video readable by OpenCV; write ``<stem>.mp4`` and JSON.
 
     Raises:
@@ -143,7 +148,8 @@ def run_on_video(predictor: DemoPredictor, path: str, output_dir: str,
             if not ok:
                 break
             prediction = predictor.predict(np.ascontiguousarray(frame_bgr[:, :, ::-1]))
-            kept = filter_instances(prediction.instances, score_threshold)
+            kept = filter_instances(prediction.instances, score_threshold,
+                                    cross_class_iou=cross_class_iou)
             drawn = draw_detections(prediction.image, kept, predictor.class_names)
             if writer is None:
                 fourcc = cv2.VideoWriter_fourcc(*"mp4v")
@@ -162,7 +168,8 @@ def run_on_video(predictor: DemoPredictor, path: str, output_dir: str,
 
 
 def run_on_inputs(predictor: DemoPredictor, inputs: Iterable[str], output_dir: str,
-                  score_threshold: float = 0.5) -> BatchSummary:
+                  score_threshold: float = 0.5,
+                  cross_class_iou: Optional[float] = None) -> BatchSummary:
     """Run on every input (see :func:`expand_inputs`), with a progress bar.
 
     Images go through Pillow; a file Pillow cannot read is tried as a video with OpenCV.
@@ -175,14 +182,17 @@ def run_on_inputs(predictor: DemoPredictor, inputs: Iterable[str], output_dir: s
     for index, path in enumerate(tqdm(files, desc="demo", unit="file")):
         try:
             if _is_video(path):
-                summary.written += run_on_video(predictor, path, output_dir, score_threshold)
+                summary.written += run_on_video(predictor, path, output_dir, score_threshold,
+                                                cross_class_iou)
                 continue
             try:
                 summary.written += run_on_image_file(predictor, path, output_dir,
-                                                     score_threshold, _image_id(path, index))
+                                                     score_threshold, _image_id(path, index),
+                                                     cross_class_iou)
             except ImageDecodeError as image_error:
                 try:
-                    summary.written += run_on_video(predictor, path, output_dir, score_threshold)
+                    summary.written += run_on_video(predictor, path, output_dir,
+                                                    score_threshold, cross_class_iou)
                 except ValueError:
                     raise image_error from None
         except (ValueError, OSError) as err:
@@ -204,6 +214,10 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, help="Folder for drawings and JSON files.")
     parser.add_argument("--confidence-threshold", type=float, default=0.5,
                         help="Minimum score of the detections kept.")
+    parser.add_argument("--one-label-per-object", action="store_true",
+                        help="Drop a detection whose box overlaps a higher-scored one of another "
+                             f"class (IoU >= {ONE_LABEL_IOU:g}); by default, as Detectron2, "
+                             "overlaps are suppressed within a class only.")
     parser.add_argument("--device", default=None,
                         help="cpu, cuda, cuda:N (default: MODEL.DEVICE, or the CPU without CUDA).")
     parser.add_argument("--class-names", default=None,
@@ -230,7 +244,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                      score_threshold=args.confidence_threshold)
         predictor = DemoPredictor(cfg, name=model_name_from_config(args.config_file),
                                   class_names=class_names, compile_serving=args.compile)
-        summary = run_on_inputs(predictor, args.input, args.output, args.confidence_threshold)
+        summary = run_on_inputs(predictor, args.input, args.output, args.confidence_threshold,
+                                ONE_LABEL_IOU if args.one_label_per_object else None)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     logger.info(f"Wrote {len(summary.written)} files to {args.output}")

@@ -33,6 +33,7 @@ from resbackbones.modeling.serving import (
     check_serving_compile,
     default_buckets,
     enable_compiled_serving,
+    synchronize,
 )
 
 from .images import DecodedImage, decode_image
@@ -309,11 +310,11 @@ class DemoPredictor:
         model_input = self.resize.get_transform(model_input).apply_image(model_input)
         tensor = torch.as_tensor(model_input.astype("float32").transpose(2, 0, 1))
         tensor = tensor.to(self.cfg.MODEL.DEVICE)
-        self._synchronize()
+        synchronize(torch.device(self.cfg.MODEL.DEVICE))
         preprocess = time.perf_counter() - start
         start = time.perf_counter()
         outputs = self.model([{"image": tensor, "height": height, "width": width}])[0]
-        self._synchronize()
+        synchronize(torch.device(self.cfg.MODEL.DEVICE))
         model_time = time.perf_counter() - start
         if "instances" not in outputs:
             raise ValueError(f"{self.name}: the model returned {sorted(outputs)}, not instances; "
@@ -330,11 +331,6 @@ class DemoPredictor:
         prediction = self.predict(decoded)
         prediction.timings["preprocess"] += decode_time
         return prediction
-
-    def _synchronize(self) -> None:
-        device = torch.device(self.cfg.MODEL.DEVICE)
-        if device.type == "cuda":  # this model's GPU: a bare synchronize() waits on cuda:0
-            torch.cuda.synchronize(device)
 
 
 def _is_retinanet(meta_architecture: str) -> bool:

@@ -14,9 +14,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 import pycocotools.mask as mask_util
 import torch
+import torchvision
 from detectron2.structures import Instances
 
 __all__ = [
+    "ONE_LABEL_IOU",
     "TABLE_HEADERS",
     "coco_results",
     "detection_rows",
@@ -27,28 +29,49 @@ __all__ = [
 # Columns of the detections table; boxes are corners in pixels of the image shown.
 TABLE_HEADERS = ["class", "score", "x0", "y0", "x1", "y1"]
 
+# "One label per object" (the web demo's default, the CLI demo's --one-label-per-object): a
+# detection is hidden when its box overlaps a higher-scored detection of another class by this
+# IoU. Two objects of different classes rarely overlap this much; one object predicted as two
+# classes nearly always does.
+ONE_LABEL_IOU = 0.7
+
 
 def filter_instances(
     instances: Instances,
     score_threshold: float = 0.0,
     class_ids: Optional[Sequence[int]] = None,
+    cross_class_iou: Optional[float] = None,
 ) -> Instances:
     """Keep detections with ``score >= score_threshold`` whose class is in ``class_ids``.
+
+    Detectron2 suppresses overlapping boxes within each class only, so one object can come out
+    twice, as two classes. ``cross_class_iou`` also drops a detection whose box overlaps a
+    higher-scored kept one of any class by at least that IoU (class-agnostic NMS on what is
+    shown; the model's output is unchanged).
 
     Args:
         instances: predictions on the CPU.
         score_threshold: minimum score, in [0, 1].
         class_ids: contiguous class ids to keep; ``None`` or empty keeps every class (an empty
             class filter in the UI means "no filter", not "show nothing").
+        cross_class_iou: box IoU in (0, 1] above which a lower-scored detection of another class
+            is dropped; ``None`` keeps them (Detectron2's behaviour).
 
     Returns:
         The kept instances, in their original (score) order.
     """
+    if cross_class_iou is not None and not 0.0 < float(cross_class_iou) <= 1.0:
+        raise ValueError(f"cross_class_iou must be in (0, 1] or None, got {cross_class_iou}")
     keep = instances.scores >= float(score_threshold)
     if class_ids:
         wanted = torch.as_tensor(sorted({int(c) for c in class_ids}), dtype=torch.int64)
         keep &= torch.isin(instances.pred_classes.to(torch.int64), wanted)
-    return instances[keep]
+    kept = instances[keep]
+    if cross_class_iou is None or len(kept) < 2:
+        return kept
+    survivors = torchvision.ops.nms(kept.pred_boxes.tensor.float(), kept.scores.float(),
+                                    float(cross_class_iou))
+    return kept[survivors.sort().values]
 
 
 def detection_rows(instances: Instances, class_names: Sequence[str]) -> List[List[Any]]:

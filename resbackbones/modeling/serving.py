@@ -40,7 +40,7 @@ from resbackbones.modeling.kernel_choice import time_candidates
 
 __all__ = ["SERVING_COMPILE_CHOICES", "BucketReport", "BucketedCompiledBackbone",
            "check_serving_compile", "default_buckets", "enable_compiled_serving",
-           "remove_compiled_serving"]
+           "remove_compiled_serving", "synchronize"]
 
 logger = logging.getLogger(__name__)
 
@@ -305,7 +305,7 @@ class BucketedCompiledBackbone(Backbone):
             start = time.perf_counter()
             try:
                 self._compiled(image)
-                _synchronize(device)
+                synchronize(device)
             except Exception as error:
                 report.error = _describe(error)
                 self._fall_back(error)
@@ -322,14 +322,18 @@ class BucketedCompiledBackbone(Backbone):
             logger.info(_decision(report, self.mode))
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for ``device``'s queued work, so that a clock read after it times the work itself.
+
+    A bare ``torch.cuda.synchronize()`` waits on cuda:0 only; CPU work is already finished.
+    """
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def _synchronized(run: Callable, image: torch.Tensor, device: torch.device) -> Any:
     result = run(image)
-    _synchronize(device)
+    synchronize(device)
     return result
 
 
