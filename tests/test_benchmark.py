@@ -66,7 +66,7 @@ def test_benchmark_tool_runs_and_writes_table(tmp_path):
                "configs/COCO-InstanceSegmentation/mask_rcnn_resnet18_FPN_1x.yaml",
                "--height", "96", "--width", "128", "--repeats", "1", "--warmup", "0",
                "--train-repeats", "1", "--train-batch", "1", "--scaling-archs", "resnet18",
-               "--scaling-size-arch", "resnet18", "--scaling-sizes", "64x96", "96x128", "--bf16",
+               "--scaling-size-arch", "resnet18", "--scaling-sizes", "64x96", "96x128", "--bf16", "--onnx",
                "--output", str(output), "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
                "TEST.DETECTIONS_PER_IMAGE", "10"]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True,
@@ -97,6 +97,14 @@ def test_benchmark_tool_runs_and_writes_table(tmp_path):
 
     if cpu_info().mhz and "avx2" in cpu_info().flags:  # the peak needs the clock and the ISA
         assert "Peak fp32 of this CPU: " in text
+    # --onnx: the same weights exported and run by ONNX Runtime, in the same run and table.
+    row = next(line for line in text.splitlines() if line.startswith("| ONNX Runtime (CPU) "))
+    assert "(inference only)" in row and 0 < int(row.split("|")[9]) <= 10
+    assert float(row.split("|")[4].strip().rstrip("x")) > 0  # its ratio to the built-in
+    agreement = re.search(r"Same weights, exported: (\d+)% of resbackbones' detections are "
+                          r"reproduced by ONNX Runtime \(CPU\)", text)
+    assert agreement and int(agreement.group(1)) >= 80  # same weights and pixels; near-ties
+    assert "onnxruntime" in text and "opset" in text
     assert "resbackbones, stock GeneralizedRCNN (IoU > 0.99)" in text
     difference = re.search(r"FPN features of resbackbones differ from the built-in's by at most "
                            r"(\S+) of", text)

@@ -4,13 +4,12 @@
     python tools/benchmark.py                                   # Mask R-CNN R50-FPN, 800x1333
     python tools/benchmark.py --arch resnext101_32x8d --no-training
     python tools/benchmark.py --height 256 --width 320 --output /tmp/BENCH.md --no-scaling
-    python tools/benchmark.py --onnx            # ONNX Runtime vs eager PyTorch, same weights
+    python tools/benchmark.py --bf16 --onnx     # + bf16 rows and an ONNX Runtime row, same run
     python tools/benchmark.py --profile-training --bf16 --height 512 --width 768
 
 Writes (or updates this device's section of) BENCHMARKS.md and a scaling plot next to it.
 """
 import argparse
-import datetime
 import logging
 import os
 import sys
@@ -66,8 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="section of the output to replace (default: cpu-<CPU model> or "
                              "cuda: one section per machine)")
     parser.add_argument("--onnx", action="store_true",
-                        help="instead: time the ONNX export under ONNX Runtime against the eager "
-                             "model, same weights and run (section <device>-onnx)")
+                        help="add a row: our detector exported to ONNX (tools/export_model.py) "
+                             "and run by ONNX Runtime on the CPU, same weights (inference only)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
     return parser.parse_args(argv)
 
@@ -79,6 +78,11 @@ def onnx_exporter(model, cfg, image, scratch):
     from resbackbones.deploy.onnx_runner import OnnxDetector
 
     folder = os.path.join(scratch, "onnx")
+    # The eager rows get the image at its own size (no test-time resize), so the runner must
+    # not resize it either: whole inference on the same pixels on both sides.
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = min(image.shape[:2]), max(image.shape[:2])
     result = export_same_weights(model, cfg, folder, image)
     detector = OnnxDetector(folder, num_threads=torch.get_num_threads())
     import onnxruntime
@@ -89,21 +93,6 @@ def onnx_exporter(model, cfg, image, scratch):
                    f"{torch.get_num_threads()} intra-op threads; resize and mask pasting in "
                    "numpy/Pillow")
     return "ONNX Runtime (CPU)", description, lambda rgb: detector(rgb).boxes
-
-
-def onnx_section(settings, output: str, section=None) -> int:
-    from resbackbones.benchmark.exported import exported_markdown, run_exported_comparison
-
-    result = run_exported_comparison(settings, onnx_exporter)
-    kind = "cuda" if settings.device.startswith("cuda") else "cpu"
-    body = "\n".join([f"## {kind.upper()}: ONNX Runtime vs eager PyTorch, {result.device_name}", "",
-                      f"Measured {datetime.date.today().isoformat()}.", "",
-                      exported_markdown(result)])
-    write_section(output, section or f"{device_section(torch.device(settings.device))}-onnx",
-                  body)
-    print(body)
-    print(f"\nwrote {output}")
-    return 0
 
 
 def training_profile_section(settings, output: str, iterations: int, include_bf16: bool,
@@ -131,12 +120,10 @@ def main(argv=None) -> int:
         train_repeats=args.train_repeats, include_training=not args.no_training,
         device=args.device, opts=args.opts, include_bf16=args.bf16,
         include_compiled_serving=args.compile_serving)
-    if args.onnx:
-        return onnx_section(settings, args.output, args.section)
     if args.profile_training:
         return training_profile_section(settings, args.output, args.profile_iterations,
                                         args.bf16, args.section)
-    result = run_comparison(settings)
+    result = run_comparison(settings, onnx_exporter if args.onnx else None)
     scaling = []
     plot_name = None
     section = args.section or device_section(torch.device(args.device))

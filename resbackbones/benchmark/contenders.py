@@ -8,7 +8,7 @@ model in a busy image (up to ``DETECTIONS_PER_IMAGE`` boxes, masks pasted for ea
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -35,6 +35,15 @@ class Contender:
     description: str
     test_inputs: Optional[list] = None  # Detectron2 contenders: the batched inputs of infer()
     warm_up_seconds: Optional[float] = None  # compiled contenders: start-up compilation
+    exported_from: Optional[str] = None  # exported contenders: the eager row they come from
+
+
+# How the benchmark gets an exported row without knowing how to export (resbackbones.deploy
+# does; the two packages are independent siblings): (eager model, its config, the RGB image, a
+# scratch folder) -> (row name, description, a callable running the export on an RGB image and
+# returning its boxes as an (N, 4) array). tools/benchmark.py --onnx passes the ONNX one.
+Exporter = Callable[[nn.Module, Any, np.ndarray, str],
+                    Tuple[str, str, Callable[[np.ndarray], np.ndarray]]]
 
 
 def synthetic_image(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -220,6 +229,26 @@ def torchvision_contender(image_rgb: np.ndarray, device: torch.device, train_bat
     name = "torchvision " + ("maskrcnn" if with_masks else "fasterrcnn") + "_resnet50_fpn"
     return Contender(name, model, infer, train_step,
                      "torchvision.models.detection, ResNet-50 with FrozenBatchNorm2d")
+
+
+def exported_contender(source: Contender, cfg, image_rgb: np.ndarray, exporter: Exporter,
+                       scratch: str) -> Contender:
+    """``source``'s weights exported by ``exporter`` and run by its runtime on the same image.
+
+    Inference only. The runtime's whole inference of one image (resize, network, masks pasted
+    into the image) is timed, as the eager row's is, so the ratio is what a user of either sees.
+    ``model`` is the source's, for the parameter count: the weights are the same.
+    """
+    name, description, run = exporter(source.model, cfg, image_rgb, scratch)
+
+    def infer():
+        return [{"boxes": torch.as_tensor(np.asarray(run(image_rgb), dtype=np.float32))}]
+
+    def no_training() -> float:
+        raise RuntimeError(f"{name} is an inference-only row")
+
+    return Contender(name, source.model, infer, no_training, description,
+                     exported_from=source.name)
 
 
 def _boxes(outputs) -> torch.Tensor:

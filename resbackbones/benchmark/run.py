@@ -28,9 +28,11 @@ from resbackbones.modeling.serving import enable_compiled_serving
 from resbackbones.weights.detectron2_names import resbackbones_to_detectron2
 from resbackbones.benchmark.contenders import (
     Contender,
+    Exporter,
     detection_agreement,
     detection_counts,
     detectron2_contender,
+    exported_contender,
     feature_difference,
     synthetic_image,
     torchvision_contender,
@@ -100,6 +102,8 @@ class ComparisonResult:
     agreement_with_reference: Dict[str, float] = field(default_factory=dict)
     feature_difference: Dict[str, float] = field(default_factory=dict)
     warm_up_seconds: Dict[str, float] = field(default_factory=dict)
+    # Exported rows: the fraction of resbackbones' (eager) detections each reproduces.
+    agreement_with_eager: Dict[str, float] = field(default_factory=dict)
 
 
 def _save_random_timm_weights(arch: str, directory: str) -> str:
@@ -157,8 +161,10 @@ def builtin_twin_config(ours):
     return cfg
 
 
-def build_contenders(settings: BenchmarkSettings, weights_dir: str) -> List[Contender]:
-    """Ours, Detectron2's built-in twin and (for R50) torchvision, on the same image."""
+def build_contenders(settings: BenchmarkSettings, weights_dir: str,
+                     exporter: Optional[Exporter] = None) -> List[Contender]:
+    """Ours, Detectron2's built-in twin and (for R50) torchvision, on the same image; with
+    ``exporter``, also ours exported (e.g. ONNX Runtime), same weights."""
     image = synthetic_image(settings.height, settings.width)
     arch_cfg = resbackbones_config(settings, "")
     arch = arch_cfg.MODEL.RESBACKBONE.ARCH
@@ -193,6 +199,9 @@ def build_contenders(settings: BenchmarkSettings, weights_dir: str) -> List[Cont
     if settings.include_compiled_serving:
         contenders.append(compiled_serving_contender(settings, ours, image,
                                                      ours_contender.model.state_dict()))
+    if exporter is not None:
+        contenders.append(exported_contender(ours_contender, ours, image, exporter,
+                                             os.path.join(weights_dir, "exported")))
     if settings.include_torchvision and arch == "resnet50":
         contenders.append(torchvision_contender(image, torch.device(settings.device),
                                                 settings.train_batch, ours.MODEL.MASK_ON))
@@ -247,14 +256,20 @@ def compiled_serving_contender(settings: BenchmarkSettings, ours, image,
     return contender
 
 
-def run_comparison(settings: BenchmarkSettings) -> ComparisonResult:
-    """Measure inference (and training) of every contender, interleaved, in this process."""
+def run_comparison(settings: BenchmarkSettings,
+                   exporter: Optional[Exporter] = None) -> ComparisonResult:
+    """Measure inference (and training) of every contender, interleaved, in this process.
+
+    ``exporter`` adds an inference-only row: ours exported and run by its runtime (see
+    :data:`~resbackbones.benchmark.contenders.Exporter`), same weights.
+    """
     from tqdm import tqdm
 
     device = torch.device(settings.device)
     release_memory(device)  # what an earlier comparison in this process left
     with tempfile.TemporaryDirectory(prefix="resbackbones-bench-") as weights_dir:
-        contenders = build_contenders(settings, weights_dir)
+        contenders = build_contenders(settings, weights_dir, exporter)
+    exported = {c.name: c.exported_from for c in contenders if c.exported_from}
     names = [c.name for c in contenders]
     logger.info("benchmarking %s at %dx%d on %s", names, settings.height, settings.width,
                 describe_device(device))
@@ -266,10 +281,13 @@ def run_comparison(settings: BenchmarkSettings) -> ComparisonResult:
     by_name = {c.name: c for c in contenders}
     differences = {name: feature_difference(by_name[name], by_name[REFERENCE])
                    for name in same_weights if name in by_name}
-    # The compiled row computes the same network; FLOP counting would trace it again.
-    flops = {c.name: count_flops(c.infer) for c in contenders if c.name != OURS_COMPILED}
+    # The compiled and exported rows compute the same network as their source: FLOP counting
+    # would trace it again (compiled) or cannot see inside the runtime (exported).
+    flops = {c.name: count_flops(c.infer) for c in contenders
+             if c.name != OURS_COMPILED and c.name not in exported}
     if OURS_COMPILED in by_name:
         flops[OURS_COMPILED] = flops["resbackbones"]
+    flops.update({name: flops[source] for name, source in exported.items()})
     total = len(contenders) * (settings.warmup + settings.repeats)
     with tqdm(total=total, desc="inference", leave=False) as bar:
         inference = measure_interleaved({c.name: c.infer for c in contenders}, device,
@@ -277,7 +295,8 @@ def run_comparison(settings: BenchmarkSettings) -> ComparisonResult:
                                         progress=lambda _: bar.update())
     training: Dict[str, Timing] = {}
     if settings.include_training:
-        trained = [c for c in contenders if c.name not in INFERENCE_ONLY]
+        trained = [c for c in contenders
+                   if c.name not in INFERENCE_ONLY and c.name not in exported]
         total = len(trained) * (settings.warmup + settings.train_repeats)
         with tqdm(total=total, desc="training", leave=False) as bar:
             training = measure_interleaved({c.name: c.train_step for c in trained}, device,
@@ -296,6 +315,8 @@ def run_comparison(settings: BenchmarkSettings) -> ComparisonResult:
         feature_difference=differences,
         warm_up_seconds={c.name: c.warm_up_seconds for c in contenders
                          if c.warm_up_seconds is not None},
+        agreement_with_eager={name: detection_agreement(outputs[name], outputs[source])
+                              for name, source in exported.items()},
     )
 
 
