@@ -152,3 +152,11 @@ def test_compiled_serving_row(caplog):
     assert re.search(r"Compiled serving: \d+\.\d s warm-up, then \d+\.\d{3} s/img: \d+\.\d\dx "
                      r"resbackbones \(eager\) in the same run\.", text)
     torch._dynamo.reset()
+
+
+def test_benchmarks_md_header_is_the_generators():
+    """BENCHMARKS.md starts with the header report.py writes into a new file (kept current)."""
+    from resbackbones.benchmark.report import HEADER
+
+    text = (REPO_ROOT / "BENCHMARKS.md").read_text()
+    assert text.startswith(HEADER.strip()), "regenerate BENCHMARKS.md's header from report.HEADER"
