@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -172,17 +173,24 @@ def _train_net(data_flags, output_dir, *flags, extra=()):
 def _run_all(commands, label):
     """Start the commands together (the "machines"), wait for all; print the wall time."""
     start = time.perf_counter()
+    # Output to files, not pipes: waiting on one process while another fills its 64 KiB pipe
+    # would block that one, and with it the collective both are in.
+    files = [tempfile.TemporaryFile("w+") for _ in commands]
     processes = [subprocess.Popen(command, cwd=REPO, env=_environment(), text=True,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-                 for command in commands]
-    outputs = []
+                                  stdout=file, stderr=subprocess.STDOUT)
+                 for command, file in zip(commands, files)]
     try:
         for process in processes:
-            outputs.append(process.communicate(timeout=TIMEOUT_S)[0])
+            process.wait(timeout=TIMEOUT_S)
     finally:
         for process in processes:
             if process.poll() is None:
                 process.kill()
+    outputs = []
+    for file in files:
+        file.seek(0)
+        outputs.append(file.read())
+        file.close()
     print(f"{label}: {time.perf_counter() - start:.1f} s wall")
     for process, output in zip(processes, outputs):
         assert process.returncode == 0, output[-4000:]
@@ -275,21 +283,25 @@ def test_elastic_restart_after_sigkill_resumes_from_the_last_checkpoint(data_fla
                *_train_net(data_flags, tmp_path, extra=[
                    "SOLVER.MAX_ITER", "9", "SOLVER.CHECKPOINT_PERIOD", "3"])]
     start = time.perf_counter()
+    # Output to a file, not a pipe: this test reads nothing until the workers have written a
+    # checkpoint, and two workers' start-up logs can fill a pipe's 64 KiB and block them.
+    output_path = tmp_path / "torchrun.out"
+    output_file = open(output_path, "w")
     agent = subprocess.Popen(command, cwd=REPO, env=_environment(), text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                             stdout=output_file, stderr=subprocess.STDOUT)
     workers = []
     try:
         deadline = time.time() + TIMEOUT_S
         while not (tmp_path / "last_checkpoint").exists():  # the first complete checkpoint
-            assert agent.poll() is None, agent.communicate()[0][-4000:]
-            assert time.time() < deadline
+            assert agent.poll() is None, output_path.read_text()[-4000:]
+            assert time.time() < deadline, output_path.read_text()[-4000:]
             time.sleep(0.02)
         last_at_kill = (tmp_path / "last_checkpoint").read_text()
         workers = [p for p in psutil.Process(agent.pid).children()
                    if "train_net.py" in " ".join(p.cmdline())]
         assert len(workers) == 2
         workers[-1].send_signal(signal.SIGKILL)
-        output = agent.communicate(timeout=TIMEOUT_S)[0]
+        agent.wait(timeout=TIMEOUT_S)
     finally:
         if agent.poll() is None:  # SIGTERM first: torchrun then stops its workers itself
             agent.terminate()
@@ -300,9 +312,10 @@ def test_elastic_restart_after_sigkill_resumes_from_the_last_checkpoint(data_fla
         for worker in workers:
             if worker.is_running():
                 worker.kill()
+        output_file.close()
     print(f"torchrun --max-restarts 1, one worker SIGKILLed: "
           f"{time.perf_counter() - start:.1f} s wall")
-    (tmp_path / "torchrun.out").write_text(output)
+    output = output_path.read_text()
     assert agent.returncode == 0, output[-4000:]
     log = (tmp_path / "log.txt").read_text()
     assert "Restart 1 of this job: resuming from the last checkpoint" in log
