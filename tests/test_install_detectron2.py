@@ -203,9 +203,9 @@ def _all_reduce_worker(out_dir):
     Path(out_dir, f"rank{comm.get_rank()}").write_text(
         f"{dist.get_backend()} {value.item()} {type(model).__name__}"
     )
-    # Leave the group before exiting: Gloo threads alive at exit can abort the process.
-    dist.barrier()
-    dist.destroy_process_group()
+    from resbackbones.engine.distributed import leave_process_group
+
+    leave_process_group()  # Gloo groups left to interpreter shutdown can abort the process
 
 
 @pytest.mark.slow

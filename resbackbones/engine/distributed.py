@@ -36,6 +36,7 @@ from detectron2.engine import HookBase
 
 __all__ = [
     "DEFAULT_MASTER_PORT",
+    "leave_process_group",
     "LaunchEnvironment",
     "RankAgreementHook",
     "check_launch_arguments",
@@ -298,6 +299,26 @@ def _create_local_process_group(node_rank: int) -> None:
         group = dist.new_group([rank for rank, other in enumerate(nodes) if other == node])
         if node == node_rank:
             comm._LOCAL_PROCESS_GROUP = group
+
+
+def leave_process_group() -> None:
+    """Leave the process group cleanly at the end of a worker (no-op when not in one).
+
+    Waits for every rank, destroys every group, and drops Detectron2's reference to its local
+    group, so that no Gloo group (and its threads) is left to be destroyed while the interpreter
+    shuts down, which can abort a worker with "terminate called without an active exception".
+    """
+    import gc
+
+    import torch.distributed as dist
+    from detectron2.utils import comm
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    dist.barrier()
+    dist.destroy_process_group()
+    comm._LOCAL_PROCESS_GROUP = None
+    gc.collect()
 
 
 def init_process_group_from_environment(launch_env: LaunchEnvironment, device: str,

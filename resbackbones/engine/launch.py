@@ -25,6 +25,7 @@ from .distributed import (
     check_launch_arguments,
     detect_launch_environment,
     init_process_group_from_environment,
+    leave_process_group,
     process_group_backend,
     validate_datasets_on_main_process,
 )
@@ -139,10 +140,6 @@ def run(argv: Optional[List[str]] = None) -> None:
 def _main_then_leave_process_group(args: argparse.Namespace) -> Dict:
     """:func:`main`, then a clean exit from the process group (Gloo threads still alive at
     interpreter exit can abort a worker with "terminate called without an active exception")."""
-    import torch.distributed as dist
-
     results = main(args)
-    if dist.is_available() and dist.is_initialized():
-        comm.synchronize()
-        dist.destroy_process_group()
+    leave_process_group()
     return results
