@@ -83,6 +83,26 @@ def _float_fields(instances: Instances) -> Instances:
     return instances
 
 
+def _put_in_head_speedups(model: GeneralizedRCNN, winograd: bool,
+                          parallel_roi_align: bool) -> bool:
+    """Replace the layers of ``model``'s built heads by their speed-up twins, in place.
+
+    The one place both config systems go through (YAML: ``from_config``; LazyConfig: the
+    meta-architecture's keys), so that a config never has to wrap Detectron2's head nodes.
+
+    Returns:
+        Whether the heads' 3x3 convs are now Winograd convs (never without NNPACK).
+    """
+    winograd = bool(winograd) and nnpack_available()
+    if winograd:
+        if model.proposal_generator is not None:
+            model.proposal_generator = with_winograd_convolutions(model.proposal_generator)
+        model.roi_heads = with_winograd_convolutions(model.roi_heads)
+    if parallel_roi_align:
+        model.roi_heads = with_parallel_roi_align(model.roi_heads)
+    return winograd
+
+
 @META_ARCH_REGISTRY.register()
 class ResBackboneRCNN(GeneralizedRCNN):
     """GeneralizedRCNN whose inference runs the heads in the faster CPU layouts.
@@ -90,27 +110,37 @@ class ResBackboneRCNN(GeneralizedRCNN):
     Config: ``MODEL.META_ARCHITECTURE: "ResBackboneRCNN"`` (the default of this project's
     configs); ``MODEL.RESBACKBONE.CHANNELS_LAST`` ("auto": on CPU),
     ``MODEL.RESBACKBONE.PARALLEL_ROI_ALIGN`` and ``MODEL.RESBACKBONE.WINOGRAD`` switch the
-    speed-ups. ``from_config`` builds Detectron2's heads and then their speed-up variants
-    (:class:`ParallelROIAlign`, the Winograd convs), constructed with the same settings and
-    sharing the same parameters.
+    speed-ups. In a LazyConfig the same switches are keys of the meta-architecture
+    (``model.winograd_heads``, ``model.parallel_roi_align``, ``model.heads_channels_last``), so
+    ``model.proposal_generator`` and ``model.roi_heads`` stay Detectron2's own nodes and
+    Detectron2's overrides (``model.roi_heads.num_classes=3``) address them unchanged.
+
+    Both paths hand over Detectron2's heads as built; ``__init__`` then puts the speed-up
+    variants in (:class:`ParallelROIAlign`, the Winograd convs), constructed with the settings of
+    the layers they replace and sharing their parameters, so state-dict keys are unchanged.
     """
 
     @configurable
     def __init__(self, *, heads_channels_last: str = "auto", winograd_heads: bool = False,
-                 heads_inference_amp: str = "off", **kwargs) -> None:
+                 parallel_roi_align: bool = False, heads_inference_amp: str = "off",
+                 **kwargs) -> None:
         """
         Args:
             heads_channels_last: "auto" (on for CPU inputs), "on" or "off": use channels-last
                 layouts in the heads at inference.
-            winograd_heads: whether the heads' 3x3 convs are Winograd convs (built by
-                ``from_config``); they take NCHW, so then only the mask head's deconv and
-                predictor run channels-last.
+            winograd_heads: replace the RPN's and ROI heads' 3x3 stride-1 convs by Winograd
+                twins (where PyTorch has NNPACK; else the heads stay as given). Those take NCHW,
+                so then only the mask head's deconv and predictor run channels-last.
+            parallel_roi_align: replace the ROI heads' ROIAlign layers by
+                :class:`ParallelROIAlign` (bit-identical, over all CPU threads at inference).
             heads_inference_amp: autocast of the RPN and ROI heads at inference, one of
                 ``INFERENCE_AMP_CHOICES`` (as backbone + FPN: ``MODEL.RESBACKBONE.INFERENCE_AMP``);
                 outputs are returned in float32.
-            kwargs: the arguments of :class:`GeneralizedRCNN`.
+            kwargs: the arguments of :class:`GeneralizedRCNN`, with Detectron2's heads as built.
         """
         super().__init__(**kwargs)
+        self.winograd_heads = _put_in_head_speedups(self, winograd_heads, parallel_roi_align)
+        self.parallel_roi_align = bool(parallel_roi_align)
         self.heads_channels_last = check_channels_last(heads_channels_last)
         self.heads_inference_amp = check_inference_amp(heads_inference_amp)
         # Winograd convs take NCHW; the layers after them (deconv, 1x1 predictor) are ~1.8x
@@ -123,7 +153,7 @@ class ResBackboneRCNN(GeneralizedRCNN):
         # Where Winograd is measured per shape (kernel_choice), the mask head's convs may stay
         # direct: give it channels-last input anyway (the measurement charges NNPACK the
         # conversion back to NCHW).
-        if mask_head is not None and (not winograd_heads or tuning_mode() != "off"):
+        if mask_head is not None and (not self.winograd_heads or tuning_mode() != "off"):
             mask_head.register_forward_pre_hook(hook)
 
     @classmethod
@@ -136,15 +166,8 @@ class ResBackboneRCNN(GeneralizedRCNN):
                 settings.INFERENCE_AMP)
         else:  # a plain Detectron2 config: every speed-up with its default
             channels_last, parallel_roi_align, winograd, amp = "auto", True, True, "off"
-        winograd = winograd and nnpack_available()
-        if winograd:
-            arguments["proposal_generator"] = with_winograd_convolutions(
-                arguments["proposal_generator"])
-            arguments["roi_heads"] = with_winograd_convolutions(arguments["roi_heads"])
-        if parallel_roi_align:
-            arguments["roi_heads"] = with_parallel_roi_align(arguments["roi_heads"])
         return {**arguments, "heads_channels_last": channels_last, "winograd_heads": winograd,
-                "heads_inference_amp": amp}
+                "parallel_roi_align": parallel_roi_align, "heads_inference_amp": amp}
 
     def inference(
         self,
