@@ -47,6 +47,7 @@ __all__ = [
     "UnsupportedDetectron2Error",
     "check_detectron2_api",
     "create_ddp_model",
+    "detectron2_checkpoint_url",
     "detectron2_config",
     "detectron2_config_file",
     "detectron2_flavour",
@@ -220,6 +221,37 @@ def detectron2_config_file(config_path: str) -> str:
             return str(candidate)
     searched = ", ".join(str(root) for root in roots) or "(no detectron2 package found)"
     raise FileNotFoundError(f"Detectron2 config '{config_path}' not found in {searched}.")
+
+
+def detectron2_checkpoint_url(config_path: str) -> str:
+    """The URL of the model-zoo checkpoint trained with one of Detectron2's configs, e.g.
+    ``"COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml"``.
+
+    What ``detectron2.model_zoo.get_checkpoint_url`` returns, without importing
+    ``detectron2.model_zoo`` (``pkg_resources``, see :func:`detectron2_config_file`): its table
+    of checkpoints is read from the module's source as data, on both flavours.
+
+    Raises:
+        FileNotFoundError: Detectron2 (or its ``model_zoo/model_zoo.py``) is not installed.
+        KeyError: no released checkpoint for ``config_path``.
+    """
+    import ast
+
+    spec = importlib.util.find_spec("detectron2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("detectron2 is not installed: no model-zoo table to read.")
+    source = Path(list(spec.submodule_search_locations)[0]) / "model_zoo" / "model_zoo.py"
+    table: Dict[str, Any] = {}
+    for node in ast.walk(ast.parse(source.read_text(), filename=str(source))):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(
+                node.targets[0], ast.Name) and node.targets[0].id in (
+                    "S3_PREFIX", "CONFIG_PATH_TO_URL_SUFFIX"):
+            table[node.targets[0].id] = ast.literal_eval(node.value)
+    name = config_path.replace(".yaml", "").replace(".py", "")
+    suffixes = table.get("CONFIG_PATH_TO_URL_SUFFIX", {})
+    if name not in suffixes:
+        raise KeyError(f"Detectron2's model zoo ({source}) has no checkpoint for {config_path!r}.")
+    return table["S3_PREFIX"] + name + "/" + suffixes[name]
 
 
 def detectron2_config(config_path: str) -> Any:

@@ -23,6 +23,7 @@ from detectron2.modeling import BACKBONE_REGISTRY  # noqa: E402
 from resbackbones.catalog import get_entry, is_timm_name, weights_input_normalization  # noqa: E402
 from resbackbones.data.validation import check_validation_mode  # noqa: E402
 from resbackbones.errors import ConfigError  # noqa: E402
+from resbackbones.model_zoo_files import resolve_config_file  # noqa: E402
 from resbackbones.modeling.build import check_input_normalization  # noqa: E402
 from resbackbones.modeling.fpn import check_inference_amp  # noqa: E402
 from resbackbones.modeling.norms import check_norm  # noqa: E402
@@ -232,17 +233,21 @@ def build_config(config_file: str = "", opts: Sequence[str] = ()) -> CN:
     caller (``MODEL.DEVICE`` is returned as written).
 
     Args:
-        config_file: a Detectron2 YAML config ("" for Detectron2's defaults).
+        config_file: a Detectron2 YAML config: a path, or a packaged name such as
+            ``"COCO-InstanceSegmentation/mask_rcnn_resnet50_FPN_3x.yaml"`` (an existing path
+            wins; see :func:`resbackbones.model_zoo_files.resolve_config_file`); "" for
+            Detectron2's defaults.
         opts: flat list of overrides, e.g. ``["MODEL.RESBACKBONE.ARCH", "resnet18"]``.
 
     Returns:
         The (unfrozen) config.
 
     Raises:
-        ConfigError: the file is missing, a key is unknown or a value is invalid.
+        ConfigError: the file is missing (``ConfigNotFoundError``, with the closest packaged
+            names), a key is unknown or a value is invalid.
     """
     cfg = get_cfg()
     add_resbackbone_config(cfg)
-    merge_config_checked(cfg, config_file, opts)
+    merge_config_checked(cfg, resolve_config_file(config_file) if config_file else "", opts)
     validate_config(cfg)
     return cfg

@@ -20,11 +20,11 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
-from detectron2 import model_zoo
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 from PIL import Image
 
+from resbackbones.compat import detectron2_config_file
 from resbackbones.demo import (
     COCO_MASK_RCNN_R50_FPN_3X,
     TABLE_HEADERS,
@@ -40,7 +40,7 @@ from resbackbones.demo import (
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
-CONFIG_FILE = model_zoo.get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml")
+CONFIG_FILE = detectron2_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml")
 TINY_OPTS = [
     "MODEL.DEVICE", "cpu",
     "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",

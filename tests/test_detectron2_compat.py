@@ -8,7 +8,6 @@ import re
 import numpy as np
 import pytest
 import torch
-from detectron2 import model_zoo
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_backbone, build_model
@@ -16,6 +15,7 @@ from detectron2.utils.file_io import PathManager
 
 import resbackbones
 from resbackbones.catalog import get_entry
+from resbackbones.compat import detectron2_checkpoint_url, detectron2_config_file
 from resbackbones.checkpoint import (
     IncompatibleWeightsError,
     ResBackboneCheckpointer,
@@ -47,7 +47,7 @@ def model_zoo_group(name):
 
 def detectron2_cfg(name, opts=()):
     cfg = get_cfg()
-    cfg.merge_from_file(model_zoo.get_config_file(f"{model_zoo_group(name)}/{name}.yaml"))
+    cfg.merge_from_file(detectron2_config_file(f"{model_zoo_group(name)}/{name}.yaml"))
     cfg.merge_from_list(TEST_OPTS + ["MODEL.WEIGHTS", ""] + list(opts))
     return cfg
 
@@ -307,7 +307,7 @@ def test_model_zoo_name_offline_says_where_to_put_the_file(tmp_path, monkeypatch
     monkeypatch.setattr(PathManager, "get_local_path", offline)
     cfg = twin_cfg("mask_rcnn_R_50_FPN_3x")
     name = cfg.MODEL.WEIGHTS
-    assert name == "detectron2://" + model_zoo.get_checkpoint_url(
+    assert name == "detectron2://" + detectron2_checkpoint_url(
         "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml").split("/detectron2/", 1)[1]
     model = build_model(cfg)
     cached = tmp_path / "detectron2" / name[len("detectron2://"):]
@@ -353,7 +353,7 @@ def test_twin_config_equals_detectron2_model_zoo_config(name):
     theirs = _flatten(detectron2_cfg(name))
     differing = {k for k in theirs if ours[k] != theirs[k] and not k.startswith("MODEL.RESNETS.")}
     assert differing <= set(_BACKBONE_KEYS), differing
-    assert ours["MODEL.WEIGHTS"] == "detectron2://" + model_zoo.get_checkpoint_url(
+    assert ours["MODEL.WEIGHTS"] == "detectron2://" + detectron2_checkpoint_url(
         f"{model_zoo_group(name)}/{name}.yaml").split("/detectron2/", 1)[1]
     resnets = {k.split(".")[-1]: v for k, v in theirs.items() if k.startswith("MODEL.RESNETS.")}
     assert ours["MODEL.RESBACKBONE.ARCH"] == _ARCH[(resnets["DEPTH"], resnets["NUM_GROUPS"])]

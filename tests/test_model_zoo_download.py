@@ -18,7 +18,6 @@ import threading
 import numpy as np
 import pytest
 import torch
-from detectron2 import model_zoo
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from PIL import Image
@@ -30,6 +29,7 @@ from resbackbones.checkpoint.download import (
     model_zoo_cache_path,
     model_zoo_url,
 )
+from resbackbones.compat import detectron2_config_file
 from resbackbones.demo import DemoPredictor, DetectionDemo, build_inference_config
 from resbackbones.demo.model_zoo import (
     COCO_MASK_RCNN_R50_FPN_3X as COCO,
@@ -47,7 +47,7 @@ def zoo_files(tmp_path_factory):
     """Detectron2's own Mask R-CNN R50-FPN 3x with random weights, saved in model-zoo format,
     plus a file of the wrong model and one that is not a pickle at all."""
     cfg = get_cfg()
-    cfg.merge_from_file(model_zoo.get_config_file(
+    cfg.merge_from_file(detectron2_config_file(
         "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml"))
     cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
     torch.manual_seed(0)

@@ -68,13 +68,12 @@ def _fresh_dynamo():
 def detector():
     """ResBackboneRCNN Mask R-CNN R18-FPN on the CPU with the default speed-ups, random weights,
     FrozenBN calibrated on a real input (a trained network's activation scale)."""
-    from detectron2 import model_zoo
-
     from resbackbones.benchmark.contenders import (bias_towards_one_class,
                                                    calibrate_frozen_batchnorm)
+    from resbackbones.compat import detectron2_config_file
 
     cfg = add_resbackbone_config(get_cfg())
-    cfg.merge_from_file(model_zoo.get_config_file("Base-RCNN-FPN.yaml"))
+    cfg.merge_from_file(detectron2_config_file("Base-RCNN-FPN.yaml"))
     cfg.MODEL.META_ARCHITECTURE = "ResBackboneRCNN"
     cfg.MODEL.BACKBONE.NAME = "build_resbackbone_fpn_backbone"
     cfg.MODEL.BACKBONE.FREEZE_AT = 0

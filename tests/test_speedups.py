@@ -72,10 +72,10 @@ def _cfg(arch="resnet18", **speedups):
 
 def _mask_rcnn_cfg(meta_architecture, **speedups):
     """Detectron2's Base-RCNN-FPN Mask R-CNN (3 classes, CPU) on a resbackbones R18-FPN."""
-    from detectron2 import model_zoo
+    from resbackbones.compat import detectron2_config_file
 
     cfg = _cfg(**speedups)
-    cfg.merge_from_file(model_zoo.get_config_file("Base-RCNN-FPN.yaml"))
+    cfg.merge_from_file(detectron2_config_file("Base-RCNN-FPN.yaml"))
     cfg.MODEL.META_ARCHITECTURE = meta_architecture
     cfg.MODEL.BACKBONE.NAME = "build_resbackbone_fpn_backbone"  # the base file names its own
     cfg.MODEL.MASK_ON = True

@@ -27,6 +27,7 @@ from detectron2.modeling import build_model
 
 from resbackbones.checkpoint import ResBackboneCheckpointer
 from resbackbones.checkpoint.download import fetch_model_zoo_file, model_zoo_cache_path
+from resbackbones.model_zoo_files import config_root
 
 from .predictor import DemoPredictor, build_inference_config
 
@@ -40,8 +41,8 @@ __all__ = [
     "fetch_model_zoo_weights",
 ]
 
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TWIN_CONFIG_DIR = os.path.join(_REPO_ROOT, "configs", "Detectron2-ModelZoo")
+# Packaged with the other configs (resbackbones.model_zoo_files): a checkout and a wheel alike.
+TWIN_CONFIG_DIR = str(config_root() / "Detectron2-ModelZoo")
 
 
 def coco_thing_classes() -> Tuple[List[str], Dict[int, int]]:
@@ -74,7 +75,7 @@ class ModelZooModel:
 
     @property
     def config_path(self) -> str:
-        """The twin config's path in this checkout."""
+        """The twin config's path (packaged)."""
         return os.path.join(TWIN_CONFIG_DIR, self.config_file)
 
     @property

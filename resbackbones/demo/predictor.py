@@ -29,6 +29,7 @@ from resbackbones.checkpoint import ResBackboneCheckpointer
 from resbackbones.config import build_config
 from resbackbones.engine.class_names import read_class_names
 from resbackbones.engine.devices import resolve_device
+from resbackbones.model_zoo_files import resolve_config_file
 from resbackbones.modeling.serving import (
     check_serving_compile,
     default_buckets,
@@ -68,7 +69,8 @@ def build_inference_config(
     """Build a frozen inference config from a Detectron2 YAML file and command-line overrides.
 
     Args:
-        config_file: a Detectron2 config (any meta-architecture; resbackbones keys allowed).
+        config_file: a Detectron2 config (any meta-architecture; resbackbones keys allowed): a
+            path or a packaged config name (``python -m resbackbones configs``).
         opts: ``KEY VALUE`` overrides, e.g. ``["MODEL.WEIGHTS", "model_final.pth"]``.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``; ``None`` keeps ``MODEL.DEVICE`` but falls back
             to the CPU (with a warning) when it asks for CUDA on a machine without a GPU; on a
@@ -83,11 +85,12 @@ def build_inference_config(
         FileNotFoundError: ``config_file`` does not exist.
         ValueError: ``opts`` has an odd length.
     """
-    if not os.path.isfile(config_file):
+    try:
+        config_file = resolve_config_file(config_file)
+    except FileNotFoundError as error:
         raise FileNotFoundError(
-            f"Config file {config_file!r} does not exist. Pass a Detectron2 YAML config with "
-            "--config-file (after `make quickstart`: output/quickstart/config.yaml)."
-        )
+            f"{error} Pass a Detectron2 YAML config with --config-file (after `make "
+            "quickstart`: output/quickstart/config.yaml).") from None
     if len(opts) % 2:
         raise ValueError(f"--opts needs KEY VALUE pairs, got an odd number of items: {list(opts)}")
     cfg = build_config(config_file, opts)

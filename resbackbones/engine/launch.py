@@ -19,6 +19,7 @@ import resbackbones  # noqa: F401  (registers the backbones)
 from resbackbones.checkpoint.checkpointer import ResBackboneCheckpointer
 from resbackbones.config import build_config
 from resbackbones.data import check_datasets_exist, register_dataset_specs, register_known_datasets
+from resbackbones.model_zoo_files import resolve_config_file
 
 from .devices import resolve_device
 from .distributed import (
@@ -64,6 +65,10 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
     Runs in every process (Detectron2's dataset catalog is per process). Raises before any
     model is built if a dataset is unknown or its files are missing.
     """
+    # A packaged config name (``--config-file quick_schedules/...``) becomes its path here:
+    # default_setup opens the file to log it.
+    if args.config_file:
+        args.config_file = resolve_config_file(args.config_file)
     cfg = build_cfg(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)  # logger, OUTPUT_DIR/config.yaml, seeds

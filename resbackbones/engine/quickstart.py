@@ -19,7 +19,6 @@ from .trainer import EVAL_RESULTS_FILE
 
 __all__ = ["QUICKSTART_SPEC", "QuickstartOptions", "run_quickstart"]
 
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _DONE_FILE = "quickstart_done.json"
 
 # More images and more shapes per image than the test set (64 / up to 4): more examples of each
@@ -42,8 +41,8 @@ class QuickstartOptions:
 
     data: str = "datasets/synthetic_shapes"
     output: str = "output/quickstart"
-    config_file: str = os.path.join(
-        _REPO_ROOT, "configs", "quick_schedules", "mask_rcnn_R_18_FPN_synthetic_quickstart.yaml")
+    # A packaged config name (resbackbones.model_zoo_files): found in a checkout and a wheel.
+    config_file: str = "quick_schedules/mask_rcnn_R_18_FPN_synthetic_quickstart.yaml"
     force: bool = False
     opts: Tuple[str, ...] = ()
     spec: SyntheticSpec = QUICKSTART_SPEC
@@ -70,7 +69,7 @@ def _summary(results: Dict, output: str, seconds: float, trained: bool) -> str:
         f"(TensorBoard: tensorboard --logdir {output})",
         f"  curves:         {os.path.join(output, 'metrics.png')}",
         f"  predictions:    {os.path.join(output, 'visualizations')}/",
-        f"  demo:           python tools/gradio_demo.py --config-file "
+        f"  demo:           python -m resbackbones web-demo --config-file "
         f"{os.path.join(output, 'config.yaml')} --opts MODEL.WEIGHTS "
         f"{os.path.join(output, 'model_final.pth')}",
     ]
