@@ -23,6 +23,10 @@ main's ``SemSegEvaluator`` adds               :func:`drop_boundary_iou` (one set
 ``BoundaryIoU-*`` keys (NaN when absent)      both)
 main's ``DetectionCheckpointer.load``         :func:`reset_checkpointer_load_state` after a
 asserts when reused after a failed load       failed load
+v0.6's ``ShapeSpec`` is a namedtuple, which   :func:`detectron2_config` turns each into a
+a LazyConfig keeps as an opaque value:        ``LazyCall(ShapeSpec)`` node, as main's
+``...input_shape.channels=64`` cannot be      dataclass is (one override on both)
+overridden; main's dataclass is a node
 ==========================================  =================================================
 
 :func:`check_detectron2_api` lists the Detectron2 functions the library calls that this
@@ -53,6 +57,7 @@ __all__ = [
     "detectron2_flavour",
     "drop_boundary_iou",
     "load_trainer_state",
+    "overridable_shape_specs",
     "require_supported_detectron2",
     "reset_checkpointer_load_state",
     "trainer_state_dict",
@@ -264,11 +269,41 @@ def detectron2_config(config_path: str) -> Any:
     if path.endswith(".py"):
         from detectron2.config import LazyConfig
 
-        return LazyConfig.load(path)
+        return overridable_shape_specs(LazyConfig.load(path))
     from detectron2.config import get_cfg
 
     cfg = get_cfg()
     cfg.merge_from_file(path)
+    return cfg
+
+
+def overridable_shape_specs(cfg: Any) -> Any:
+    """``cfg`` (a LazyConfig, changed in place) with every ``ShapeSpec`` value made a
+    ``LazyCall(ShapeSpec)`` node, so that ``model.roi_heads.box_predictor.input_shape.channels=64``
+    overrides it on both flavours.
+
+    v0.6's ``ShapeSpec`` is a namedtuple, which OmegaConf stores as an opaque value (the override
+    raises "... is not a config"); main's is a dataclass, which OmegaConf already makes a node
+    (nothing to do there). Both instantiate to the same ``ShapeSpec``.
+    """
+    from detectron2.config import LazyCall
+    from detectron2.layers import ShapeSpec
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(cfg, DictConfig):
+        keys: List[Any] = list(cfg.keys())
+    elif isinstance(cfg, ListConfig):
+        keys = list(range(len(cfg)))
+    else:
+        return cfg
+    for key in keys:
+        if OmegaConf.is_interpolation(cfg, key):
+            continue  # resolved later, against the final config
+        value = cfg[key]
+        if isinstance(value, ShapeSpec) and isinstance(value, tuple):
+            cfg[key] = LazyCall(ShapeSpec)(**value._asdict())
+        else:
+            overridable_shape_specs(value)
     return cfg
 
 

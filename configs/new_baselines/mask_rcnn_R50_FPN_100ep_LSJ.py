@@ -43,7 +43,8 @@ model.backbone.bottom_up = L(TimmBackbone)(
     norm="SyncBN",  # from scratch: statistics are learnt, synchronised across GPUs
 )
 
-# timm's convention: RGB input with ImageNet statistics on the 0-255 scale.
+# timm's convention: RGB input with ImageNet statistics on the 0-255 scale (the test mapper
+# follows the train mapper's image_format, as in Detectron2's config).
 _format, model.pixel_mean, model.pixel_std = input_normalization(ARCH)
+model.input_format = _format
 dataloader.train.mapper.image_format = _format
-dataloader.test.mapper.image_format = _format

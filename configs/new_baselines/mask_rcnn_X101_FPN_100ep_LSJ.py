@@ -8,5 +8,5 @@ ARCH = "resnext101_32x8d"
 model.backbone.bottom_up.entry.name = ARCH
 # The input statistics of this architecture's pinned weights.
 _format, model.pixel_mean, model.pixel_std = input_normalization(ARCH)
+model.input_format = _format
 dataloader.train.mapper.image_format = _format
-dataloader.test.mapper.image_format = _format
