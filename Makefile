@@ -21,7 +21,7 @@ $(STAMPS)/torch: | $(PY)
 	mkdir -p $(STAMPS) && touch $@
 
 $(STAMPS)/package: setup.cfg pyproject.toml $(STAMPS)/torch
-	$(PIP) install --quiet -e ".[test,demo,export]"
+	$(PIP) install --quiet -e ".[all,test]"
 	touch $@
 
 # Always run: the installer itself is idempotent and says what it found.

@@ -45,7 +45,7 @@ def test_photos_are_scikit_images_bundled_data(tmp_path):
 def test_no_photos_without_the_extra(tmp_path, without_skimage, caplog):
     with caplog.at_level(logging.INFO, logger="resbackbones.demo.photos"):
         assert make_photo_examples(str(tmp_path)) == []
-    assert '".[demo]"' in caplog.text
+    assert "pip install 'resbackbones[demo]'" in caplog.text
     assert os.listdir(tmp_path) == []
 
 

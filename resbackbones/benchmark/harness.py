@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-import psutil
 import torch
 
+from resbackbones._requirements import require_extra
 from resbackbones.modeling.cpu_info import cpu_info
 from resbackbones.modeling.serving import synchronize
 
@@ -60,7 +60,7 @@ class PeakMemory:
         self._thread: Optional[threading.Thread] = None
 
     def _sample(self) -> None:
-        process = psutil.Process()
+        process = self._process
         while not self._stop.is_set():
             self.peak_bytes = max(self.peak_bytes, process.memory_info().rss)
             time.sleep(self.interval_s)
@@ -71,6 +71,8 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.allocated_on_entry = torch.cuda.memory_allocated(self.device)
         else:
+            psutil = require_extra("benchmark", "psutil", "The benchmark's CPU memory peak")
+            self._process = psutil.Process()
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
         return self
@@ -83,7 +85,7 @@ class PeakMemory:
         else:
             self._stop.set()
             self._thread.join()
-            self.peak_bytes = max(self.peak_bytes, psutil.Process().memory_info().rss)
+            self.peak_bytes = max(self.peak_bytes, self._process.memory_info().rss)
 
 
 def release_memory(device: torch.device) -> None:

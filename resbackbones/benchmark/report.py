@@ -12,6 +12,7 @@ from typing import List, Optional
 
 from tabulate import tabulate
 
+from resbackbones._requirements import require_extra
 from resbackbones.benchmark.harness import cpu_peak_flops
 from resbackbones.benchmark.run import (
     OURS_BF16,
@@ -131,9 +132,12 @@ def scaling_markdown(rows: List[ScalingRow], plot_name: Optional[str]) -> str:
 
 
 def plot_scaling(rows: List[ScalingRow], path: str) -> None:
-    """Latency and memory against architecture (at the default size) and against input size."""
-    import matplotlib
+    """Latency and memory against architecture (at the default size) and against input size.
 
+    Raises:
+        MissingExtraError: matplotlib (the ``benchmark`` extra) is not installed.
+    """
+    matplotlib = require_extra("benchmark", "matplotlib", "The benchmark's scaling plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

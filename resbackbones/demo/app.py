@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from resbackbones._requirements import require_extra
 from resbackbones.checkpoint import WeightsUnavailableError
 
 from .drawing import DRAW_PARTS, draw_detections
@@ -313,8 +314,8 @@ def build_app(
         A ``gradio.Blocks`` with its queue configured (one request at a time per event,
         at most 16 waiting); call :func:`launch_app` or ``.launch()`` on it.
     """
-    import gradio as gr
-    import pandas as pd
+    gr = require_extra("demo", "gradio", "The web demo")
+    pd = require_extra("demo", "pandas", "The web demo's detection table")
 
     default = demo.model_names[0]
     predictor = demo.predictor(default)

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from resbackbones._requirements import require_extra
 from resbackbones.modeling.serving import SERVING_COMPILE_CHOICES
 
 from .drawing import draw_detections
@@ -127,8 +128,7 @@ def run_on_video(predictor: DemoPredictor, path: str, output_dir: str,
     Raises:
         ValueError: OpenCV cannot read the file.
     """
-    import cv2
-
+    cv2 = require_extra("demo", "cv2", "Video input in the demo")
     capture = cv2.VideoCapture(path)
     if not capture.isOpened():
         raise ValueError(f"{path}: OpenCV cannot open this video (codec missing or not a "

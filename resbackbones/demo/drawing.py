@@ -11,7 +11,8 @@ from typing import List, Optional, Sequence
 import numpy as np
 from detectron2.structures import Instances
 from detectron2.utils.colormap import colormap
-from detectron2.utils.visualizer import ColorMode, Visualizer
+
+from resbackbones._requirements import require_extra
 
 __all__ = ["DRAW_PARTS", "draw_detections", "label_text"]
 
@@ -43,7 +44,15 @@ def draw_detections(
 
     Returns:
         A new RGB ``uint8`` array of the same size as ``image``.
+
+    Raises:
+        MissingExtraError: OpenCV or matplotlib (the ``demo`` extra) is not installed; Detectron2's
+            ``Visualizer`` imports both.
     """
+    for module in ("cv2", "matplotlib"):
+        require_extra("demo", module, "Drawing detections")
+    from detectron2.utils.visualizer import ColorMode, Visualizer
+
     parts = DRAW_PARTS if parts is None else tuple(parts)
     unknown = set(parts) - set(DRAW_PARTS)
     if unknown:

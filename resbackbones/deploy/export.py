@@ -37,6 +37,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling import GeneralizedRCNN, PanopticFPN, RetinaNet, build_model
 from torch import nn
 
+from resbackbones._requirements import require_extra
 from resbackbones.checkpoint import ResBackboneCheckpointer
 from resbackbones.config import build_config
 from resbackbones.engine.class_names import read_class_names
@@ -404,8 +405,7 @@ def _export_onnx(model: nn.Module, adapter: nn.Module, image: torch.Tensor, path
                  output_names: List[str], opset: int) -> None:
     import warnings
 
-    import onnx
-
+    onnx = require_extra("export", "onnx", "ONNX export")
     dynamic_axes = {"image": {1: "height", 2: "width"},
                     **{name: {0: "detections"} for name in output_names}}
     with warnings.catch_warnings():
@@ -682,8 +682,7 @@ def write_readme(output_dir: str, meta: Dict[str, Any]) -> str:
 
 def _run_exported(fmt: str, path: str, image: torch.Tensor) -> Sequence[Any]:
     if fmt == "onnx":
-        import onnxruntime
-
+        onnxruntime = require_extra("export", "onnxruntime", "Checking the ONNX export")
         session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
         return session.run(None, {"image": image.numpy()})
     with torch.no_grad():
@@ -721,6 +720,9 @@ def export_detector(model: nn.Module, cfg: CfgNode, output_dir: str, fmt: str = 
         raise ExportError(f"--opset {opset} is too old: ROIAlign keeps Detectron2's "
                           f"aligned=True only from opset {MIN_OPSET} on; use {MIN_OPSET} or "
                           f"higher (default {DEFAULT_OPSET}).")
+    if fmt == "onnx":  # fail before tracing, not after it
+        for module in ("onnx", "onnxruntime"):
+            require_extra("export", module, "ONNX export")
     names, class_source = resolve_class_names(cfg, _num_classes(model), class_names)
     os.makedirs(output_dir, exist_ok=True)
     model_path = os.path.join(output_dir, MODEL_FILES[fmt])

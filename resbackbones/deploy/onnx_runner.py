@@ -27,6 +27,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image, ImageOps
 
+from resbackbones._requirements import require_extra
+
 __all__ = [
     "META_FILE",
     "Detections",
@@ -284,11 +286,7 @@ class OnnxDetector:
 
     def __init__(self, model_dir: str, providers: Optional[Sequence[str]] = None,
                  num_threads: Optional[int] = None, score_threshold: Optional[float] = None):
-        try:
-            import onnxruntime
-        except ImportError as error:
-            raise ImportError("The ONNX runner needs onnxruntime: pip install onnxruntime "
-                              "(or the project's `export` extra).") from error
+        onnxruntime = require_extra("export", "onnxruntime", "The ONNX runner")
         self.model_dir = model_dir
         self.meta = read_meta(model_dir)
         model_path = check_model_matches_meta(model_dir, self.meta)

@@ -9,6 +9,8 @@ import json
 import os
 from typing import Dict, List, Optional
 
+from resbackbones._requirements import require_extra
+
 __all__ = ["load_metrics", "plot_metrics"]
 
 _AP_KEYS = ("bbox/AP", "bbox/AP50", "segm/AP", "segm/AP50")
@@ -45,9 +47,11 @@ def plot_metrics(output_dir: str, out_file: Optional[str] = None) -> str:
 
     Returns:
         The path of the written PNG.
-    """
-    import matplotlib
 
+    Raises:
+        MissingExtraError: matplotlib (the ``plots`` extra) is not installed.
+    """
+    matplotlib = require_extra("plots", "matplotlib", "Plotting the loss and AP curves")
     matplotlib.use("Agg")  # headless: CI and servers have no display
     import matplotlib.pyplot as plt
 

@@ -21,6 +21,7 @@ from detectron2.engine import DefaultTrainer, HookBase, SimpleTrainer
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
+from resbackbones._requirements import MissingExtraError
 from resbackbones.checkpoint.checkpointer import ResBackboneCheckpointer
 from resbackbones.data.robust_mapper import SkipCorruptedImages
 
@@ -65,7 +66,8 @@ def write_run_report(cfg: CfgNode, model: torch.nn.Module, results: Dict) -> Non
     """Write ``eval_results.json``, ``metrics.png``, ``visualizations/`` and
     ``class_names.json`` (read by the demo) into cfg.OUTPUT_DIR.
 
-    Only the main process writes; the others return at once.
+    Only the main process writes; the others return at once. Without the ``plots`` extra
+    (matplotlib, OpenCV) the two pictures are skipped with a log line that says how to install it.
     """
     if not comm.is_main_process():
         return
@@ -74,13 +76,21 @@ def write_run_report(cfg: CfgNode, model: torch.nn.Module, results: Dict) -> Non
     if results:
         with open(os.path.join(output_dir, EVAL_RESULTS_FILE), "w") as f:
             json.dump(results, f, indent=2, sort_keys=True)
+    # The two pictures need the `plots` extra; a run without it keeps its results and says so.
     if os.path.isfile(os.path.join(output_dir, "metrics.json")):
-        logger.info(f"Loss and AP curves: {plot_metrics(output_dir)}")
+        try:
+            logger.info(f"Loss and AP curves: {plot_metrics(output_dir)}")
+        except MissingExtraError as error:
+            logger.info(f"metrics.png not written: {error}")
     if len(cfg.DATASETS.TEST):
         directory = os.path.join(output_dir, "visualizations")
-        paths = draw_predictions(cfg, model, cfg.DATASETS.TEST[0], directory)
-        logger.info(f"Predictions drawn on {len(paths)} images of {cfg.DATASETS.TEST[0]}: "
-                    f"{directory}")
+        try:
+            paths = draw_predictions(cfg, model, cfg.DATASETS.TEST[0], directory)
+        except MissingExtraError as error:
+            logger.info(f"visualizations/ not written: {error}")
+        else:
+            logger.info(f"Predictions drawn on {len(paths)} images of {cfg.DATASETS.TEST[0]}: "
+                        f"{directory}")
 
 
 class _RunReportHook(HookBase):

@@ -9,7 +9,8 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
-from detectron2.utils.visualizer import Visualizer
+
+from resbackbones._requirements import require_extra
 
 __all__ = ["draw_predictions"]
 
@@ -29,7 +30,15 @@ def draw_predictions(cfg: CfgNode, model: torch.nn.Module, dataset_name: str, ou
 
     Returns:
         Paths of the written images.
+
+    Raises:
+        MissingExtraError: OpenCV or matplotlib (the ``plots`` extra) is not installed; Detectron2's
+            ``Visualizer`` imports both.
     """
+    for module in ("cv2", "matplotlib"):
+        require_extra("plots", module, "Drawing predictions with Detectron2's Visualizer")
+    from detectron2.utils.visualizer import Visualizer
+
     model = getattr(model, "module", model)
     was_training = model.training
     model.eval()
