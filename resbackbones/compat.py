@@ -41,7 +41,7 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = [
     "FIX_COMMAND",
@@ -61,6 +61,7 @@ __all__ = [
     "require_supported_detectron2",
     "reset_checkpointer_load_state",
     "trainer_state_dict",
+    "unsupported_detectron2_message",
 ]
 
 SUPPORTED_FLAVOURS = ("v0.6", "main")
@@ -175,17 +176,24 @@ def check_detectron2_api() -> List[str]:
     return missing
 
 
+def unsupported_detectron2_message(location: str, version: str, missing: Sequence[str]) -> str:
+    """The one wording of "this Detectron2 lacks APIs": what is missing, the flavours supported
+    and the fix (used here and by the installer, which runs in another interpreter)."""
+    supported = "; ".join(f"{key}: {text}" for key, text in FLAVOUR_DESCRIPTIONS.items())
+    return (f"The Detectron2 at {location} (version {version}) lacks {len(missing)} API(s) "
+            f"resbackbones calls: {', '.join(missing)}. Supported flavours: {supported}. "
+            f"Fix: {FIX_COMMAND}.")
+
+
 def require_supported_detectron2() -> Detectron2Flavour:
     """The flavour, or an :class:`UnsupportedDetectron2Error` naming what is missing and the fix."""
     missing = check_detectron2_api()
     if missing:
         import detectron2
 
-        supported = "; ".join(f"{key}: {text}" for key, text in FLAVOUR_DESCRIPTIONS.items())
-        raise UnsupportedDetectron2Error(
-            f"The Detectron2 at {Path(detectron2.__file__).parent} (version "
-            f"{getattr(detectron2, '__version__', '?')}) lacks {len(missing)} API(s) resbackbones "
-            f"calls: {', '.join(missing)}. Supported flavours: {supported}. Fix: {FIX_COMMAND}.")
+        raise UnsupportedDetectron2Error(unsupported_detectron2_message(
+            str(Path(detectron2.__file__).parent), str(getattr(detectron2, "__version__", "?")),
+            missing))
     return detectron2_flavour()
 
 
@@ -385,3 +393,58 @@ def detectron2_main_hint() -> str:
     return ("set RESBACKBONES_DETECTRON2_MAIN to a checkout (or git archive .tar.gz) of "
             "upstream Detectron2 main, or install upstream main from git")
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Config keys
+
+# Keys that upstream main's get_cfg() has and v0.6's lacks, with main's defaults (measured: the
+# flattened get_cfg() of the pinned main snapshot against v0.6's). Every config.yaml a run on
+# main writes holds them, so that file must still load on v0.6.
+MAIN_ONLY_CONFIG_DEFAULTS: Dict[str, Any] = {
+    "MODEL.ROI_BOX_HEAD.USE_FED_LOSS": False,
+    "MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE": False,
+    "MODEL.ROI_BOX_HEAD.FED_LOSS_FREQ_WEIGHT_POWER": 0.5,
+    "MODEL.ROI_BOX_HEAD.FED_LOSS_NUM_CLASSES": 50,
+    "DATALOADER.REPEAT_SQRT": True,
+    "SOLVER.BASE_LR_END": 0.0,
+    "SOLVER.NUM_DECAYS": 3,
+    "SOLVER.RESCALE_INTERVAL": False,
+    "FLOAT32_PRECISION": "",
+}
+
+
+def _node_and_leaf(cfg: Any, key: str) -> Tuple[Any, str]:
+    *parents, leaf = key.split(".")
+    node = cfg
+    for parent in parents:
+        node = node[parent]
+    return node, leaf
+
+
+def add_main_only_keys(cfg: Any) -> List[str]:
+    """Give a v0.6 config main's extra keys (at main's defaults) so that a file written on main
+    merges; returns the keys added (none on main). Call :func:`remove_main_only_keys` after
+    merging."""
+    added = []
+    for key, default in MAIN_ONLY_CONFIG_DEFAULTS.items():
+        node, leaf = _node_and_leaf(cfg, key)
+        if leaf not in node:
+            node[leaf] = default
+            added.append(key)
+    return added
+
+
+def remove_main_only_keys(cfg: Any, added: List[str], source: str) -> None:
+    """Drop the keys :func:`add_main_only_keys` added; one whose value is not main's default
+    raises, because v0.6 has no code that reads it (it would be ignored silently)."""
+    for key in added:
+        node, leaf = _node_and_leaf(cfg, key)
+        value = node[leaf]
+        if value != MAIN_ONLY_CONFIG_DEFAULTS[key]:
+            raise ValueError(
+                f"{source} sets {key}={value!r}, an option of upstream Detectron2 main that "
+                f"Detectron2 v0.6 (installed here) does not have: it would be ignored. Remove "
+                f"it (main's default is {MAIN_ONLY_CONFIG_DEFAULTS[key]!r}) or run on upstream "
+                "main.")
+        del node[leaf]

@@ -12,6 +12,7 @@ import logging
 import os
 from typing import List, Sequence
 
+from resbackbones import compat
 from resbackbones._requirements import require_detectron2
 
 require_detectron2("resbackbones.config")
@@ -167,6 +168,9 @@ def merge_config_checked(cfg: CN, config_file: str = "", opts: Sequence[str] = (
     """
     if config_file and not os.path.isfile(config_file):
         raise ConfigError(f"Config file not found: {config_file}")
+    # A config.yaml written by a run on upstream main holds main-only keys; on v0.6 they are
+    # accepted at main's defaults and dropped again (compat.MAIN_ONLY_CONFIG_DEFAULTS).
+    main_only = compat.add_main_only_keys(cfg)
     sources = [(config_file, lambda: cfg.merge_from_file(config_file))] if config_file else []
     if opts:
         if len(opts) % 2:
@@ -185,6 +189,10 @@ def merge_config_checked(cfg: CN, config_file: str = "", opts: Sequence[str] = (
             raise ConfigError(f"{source}: unknown config key {bad_key!r}.{hint}") from error
         except ValueError as error:
             raise ConfigError(f"{source}: {error}") from error
+    try:
+        compat.remove_main_only_keys(cfg, main_only, config_file or "command-line overrides")
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
     return cfg
 
 

@@ -13,9 +13,10 @@ import sys
 import pytest
 import torch
 
-from detectron2.engine import HookBase, launch
+from detectron2.engine import HookBase
 from resbackbones.data import SyntheticSpec, generate_synthetic_coco, synthetic_paths
 from resbackbones.engine import CPUAutocastTrainer, Trainer
+from resbackbones.engine.distributed import launch
 from resbackbones.engine.launch import build_argument_parser, main, setup_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -207,7 +208,7 @@ def test_two_gloo_processes_see_the_same_images_as_one(data_flags, tmp_path):
     single.mkdir()
     double.mkdir()
     launch(_record_images_worker, 1, args=(_args(data_flags, single / "out", *opts), str(single)))
-    launch(_record_images_worker, 2, dist_url="auto",
+    launch(_record_images_worker, 2,
            args=(_args(data_flags, double / "out", *opts), str(double)))
     one = json.load(open(single / "rank0.json"))
     ranks = [json.load(open(double / f"rank{r}.json")) for r in (0, 1)]

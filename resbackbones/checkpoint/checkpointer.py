@@ -32,6 +32,7 @@ from detectron2.checkpoint.c2_model_loading import convert_c2_detectron_names
 from detectron2.utils.file_io import PathManager
 from torch import nn
 
+from resbackbones import compat
 from resbackbones.checkpoint.atomic import AtomicSaveMixin
 from resbackbones.modeling.timm_backbone import TimmBackbone
 from resbackbones.weights.detectron2_names import (
@@ -142,7 +143,12 @@ class ResBackboneCheckpointer(AtomicSaveMixin, DetectionCheckpointer):
         """As ``DetectionCheckpointer.load``, with ``detectron2://`` resolved first."""
         if path:
             path = resolve_checkpoint_path(path)
-        return super().load(path, *args, **kwargs)
+        try:
+            return super().load(path, *args, **kwargs)
+        except BaseException:
+            # main's DetectionCheckpointer asserts on the next load after one that raised.
+            compat.reset_checkpointer_load_state(self)
+            raise
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
         extension = os.path.splitext(filename)[1].lower()

@@ -29,7 +29,7 @@ import os
 import re
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from detectron2.engine import HookBase
@@ -43,6 +43,7 @@ __all__ = [
     "detect_launch_environment",
     "expand_slurm_nodelist",
     "init_process_group_from_environment",
+    "launch",
     "process_group_backend",
     "ranks_agree_on_weights",
     "weights_fingerprint",
@@ -301,12 +302,14 @@ def _create_local_process_group(node_rank: int) -> None:
             comm._LOCAL_PROCESS_GROUP = group
 
 
-def leave_process_group() -> None:
+def leave_process_group(wait_for_others: bool = True) -> None:
     """Leave the process group cleanly at the end of a worker (no-op when not in one).
 
-    Waits for every rank, destroys every group, and drops Detectron2's reference to its local
-    group, so that no Gloo group (and its threads) is left to be destroyed while the interpreter
-    shuts down, which can abort a worker with "terminate called without an active exception".
+    Waits for every rank (unless ``wait_for_others`` is False: a rank that failed must not
+    block in a barrier the others never reach), destroys every group, and drops Detectron2's
+    reference to its local group, so that no Gloo group (and its threads) is left to be
+    destroyed while the interpreter shuts down, which can abort a worker with "terminate called
+    without an active exception".
     """
     import gc
 
@@ -315,7 +318,8 @@ def leave_process_group() -> None:
 
     if not (dist.is_available() and dist.is_initialized()):
         return
-    dist.barrier()
+    if wait_for_others:
+        dist.barrier()
     dist.destroy_process_group()
     comm._LOCAL_PROCESS_GROUP = None
     gc.collect()
@@ -478,3 +482,90 @@ def validate_datasets_on_main_process(names: List[str], mode: str, skip_bad: boo
             if not report.ok:  # rank 0 went on, so skip_bad was set: drop the same records
                 use_cleaned_dataset(name, report, cleaned_dir)
     return reports
+
+
+def launch(main_func: Callable[..., Any], num_processes_per_machine: int, *,
+           num_machines: int = 1, machine_rank: int = 0, dist_url: Optional[str] = None,
+           args: Tuple[Any, ...] = (), backend: str = "gloo",
+           timeout: Optional[timedelta] = None) -> Any:
+    """Run ``main_func(*args)`` in ``num_processes_per_machine`` processes on this machine.
+
+    What Detectron2's ``launch`` does, on both Detectron2 flavours and with the backend chosen
+    from the run's device (:func:`process_group_backend`): v0.6's ``launch`` (unpatched) asserts
+    CUDA and main's picks NCCL whenever CUDA exists, even for a CPU run, and has no ``backend``
+    argument. Each worker joins the group, builds Detectron2's per-machine group, runs
+    ``main_func`` and leaves the group in a ``finally`` (without waiting for the others when it
+    failed), so no worker ends by SIGABRT.
+
+    Args:
+        main_func: called as ``main_func(*args)`` in every process.
+        num_processes_per_machine: Detectron2's ``--num-gpus``.
+        num_machines: Detectron2's ``--num-machines``.
+        machine_rank: this machine's index.
+        dist_url: rank 0's ``tcp://host:port`` for a multi-machine job. None (one machine): the
+            parent process hosts the rendezvous store on a port the system chooses (port 0), so
+            no port is probed, released and hoped to stay free.
+        args: arguments of ``main_func``.
+        backend: "gloo" or "nccl".
+        timeout: collective timeout (default: Detectron2's 30 minutes).
+
+    Returns:
+        ``main_func``'s result in a one-process run, else None.
+    """
+    import torch.multiprocessing as mp
+    from detectron2.engine.launch import DEFAULT_TIMEOUT
+
+    world_size = num_processes_per_machine * num_machines
+    if world_size == 1:
+        return main_func(*args)
+    timeout = timeout or DEFAULT_TIMEOUT
+    store = None
+    if dist_url is None or dist_url == "auto":
+        if num_machines != 1:
+            raise ValueError(f"--num-machines {num_machines} needs --dist-url tcp://HOST:PORT of "
+                             "machine 0 (every machine must give the same one).")
+        import torch.distributed as dist
+
+        store = dist.TCPStore("127.0.0.1", 0, world_size, is_master=True, timeout=timeout,
+                              wait_for_workers=False)
+        rendezvous = ("store", "127.0.0.1", store.port)
+    else:
+        rendezvous = ("url", dist_url, 0)
+    try:
+        mp.start_processes(
+            _launched_worker, nprocs=num_processes_per_machine, daemon=False,
+            args=(main_func, args, world_size, num_processes_per_machine, machine_rank,
+                  backend, rendezvous, timeout))
+    finally:
+        del store
+    return None
+
+
+def _launched_worker(local_rank: int, main_func: Callable[..., Any], args: Tuple[Any, ...],
+                     world_size: int, per_machine: int, machine_rank: int, backend: str,
+                     rendezvous: Tuple[str, str, int], timeout: timedelta) -> None:
+    import torch.distributed as dist
+    from detectron2.utils import comm
+
+    rank = machine_rank * per_machine + local_rank
+    if backend == "nccl":
+        if per_machine > torch.cuda.device_count():
+            raise RuntimeError(f"--num-gpus {per_machine} but only {torch.cuda.device_count()} "
+                               "visible GPU(s) on this machine.")
+        torch.cuda.set_device(local_rank)
+    kind, address, port = rendezvous
+    if kind == "store":
+        store = dist.TCPStore(address, port, world_size, is_master=False, timeout=timeout)
+        dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size,
+                                timeout=timeout)
+    else:
+        dist.init_process_group(backend=backend, init_method=address, rank=rank,
+                                world_size=world_size, timeout=timeout)
+    _create_local_process_group(machine_rank)
+    comm.synchronize()
+    finished = False
+    try:
+        main_func(*args)
+        finished = True
+    finally:
+        leave_process_group(wait_for_others=finished)

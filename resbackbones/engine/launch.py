@@ -11,11 +11,12 @@ import os
 from typing import Dict, List, Optional, Sequence
 
 from detectron2.config import CfgNode
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 import resbackbones  # noqa: F401  (registers the backbones)
+from resbackbones import compat
 from resbackbones.checkpoint.checkpointer import ResBackboneCheckpointer
 from resbackbones.config import build_config
 from resbackbones.data import check_datasets_exist, register_dataset_specs, register_known_datasets
@@ -26,6 +27,7 @@ from .distributed import (
     check_launch_arguments,
     detect_launch_environment,
     init_process_group_from_environment,
+    launch,
     leave_process_group,
     process_group_backend,
     validate_datasets_on_main_process,
@@ -72,6 +74,8 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
     cfg = build_cfg(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)  # logger, OUTPUT_DIR/config.yaml, seeds
+    flavour = compat.require_supported_detectron2()
+    logging.getLogger("detectron2").info(f"Running on {flavour.describe()}.")
     register_dataset_specs(getattr(args, "dataset", []))
     register_known_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
     check_datasets_exist(cfg)
@@ -137,14 +141,28 @@ def run(argv: Optional[List[str]] = None) -> None:
         init_process_group_from_environment(launch_env, device)
         _main_then_leave_process_group(args)
         return
-    launch(_main_then_leave_process_group, args.num_gpus, num_machines=args.num_machines,
-           machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,),
-           backend=process_group_backend(device))
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=_rendezvous_url(args), args=(args,), backend=process_group_backend(device))
+
+
+def _rendezvous_url(args: argparse.Namespace) -> Optional[str]:
+    """``--dist-url`` as given, or None (a port the system picks) for a one-machine run that
+    kept Detectron2's default: that default is one fixed port per user, so a stray worker of an
+    earlier run on the same machine breaks the next one."""
+    default = build_argument_parser().get_default("dist_url")
+    if args.num_machines == 1 and args.dist_url in (default, "auto"):
+        return None
+    return args.dist_url
 
 
 def _main_then_leave_process_group(args: argparse.Namespace) -> Dict:
-    """:func:`main`, then a clean exit from the process group (Gloo threads still alive at
-    interpreter exit can abort a worker with "terminate called without an active exception")."""
-    results = main(args)
-    leave_process_group()
-    return results
+    """:func:`main`, then a clean exit from the process group in every case (Gloo threads still
+    alive at interpreter exit can abort a worker with "terminate called without an active
+    exception"); a rank that failed leaves without waiting for the others."""
+    finished = False
+    try:
+        results = main(args)
+        finished = True
+        return results
+    finally:
+        leave_process_group(wait_for_others=finished)

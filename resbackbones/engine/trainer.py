@@ -17,9 +17,14 @@ from typing import Dict
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import DatasetMapper, build_detection_train_loader
-from detectron2.engine import DefaultTrainer, HookBase, SimpleTrainer
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer
+from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from resbackbones import compat
 
 from resbackbones._requirements import MissingExtraError
 from resbackbones.checkpoint.checkpointer import ResBackboneCheckpointer
@@ -31,7 +36,7 @@ from .evaluation import build_coco_evaluator
 from .plots import plot_metrics
 from .visualize import draw_predictions
 
-__all__ = ["CPUAutocastTrainer", "Trainer", "write_run_report"]
+__all__ = ["CPUAutocastTrainer", "PortableDefaultTrainer", "Trainer", "write_run_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -104,27 +109,76 @@ class _RunReportHook(HookBase):
                              getattr(trainer, "_last_eval_results", None) or {})
 
 
-class Trainer(DefaultTrainer):
+class PortableDefaultTrainer(DefaultTrainer):
+    """Detectron2's ``DefaultTrainer`` that runs the same on v0.6 and upstream main.
+
+    Two of its parts differ between the flavours and are done here instead (everything else,
+    hooks, checkpointing, evaluation, is ``DefaultTrainer``'s):
+
+    - the model is wrapped by :func:`resbackbones.compat.create_ddp_model` (main's
+      ``create_ddp_model`` passes ``device_ids`` for a CPU module, which DDP refuses in a
+      multi-process CPU run);
+    - the inner trainer's state is saved under main's ``_trainer`` key on both flavours and
+      restored when present, so that a checkpoint written on either resumes on the other (main's
+      ``load_state_dict`` raises ``KeyError: '_trainer'`` on a v0.6 checkpoint).
+
+    Subclasses choose the inner loop with :meth:`build_inner_trainer`.
+    """
+
+    def __init__(self, cfg: CfgNode):
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        # The order of DefaultTrainer: model, optimizer, data, then DDP.
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = compat.create_ddp_model(model, broadcast_buffers=False)
+        self._trainer = self.build_inner_trainer(cfg, model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR,
+                                                  trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    def build_inner_trainer(self, cfg: CfgNode, model: torch.nn.Module, data_loader,
+                            optimizer: torch.optim.Optimizer) -> SimpleTrainer:
+        """The loop that runs one iteration: ``AMPTrainer`` with SOLVER.AMP.ENABLED, else
+        ``SimpleTrainer`` (Detectron2's choice)."""
+        return (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            model, data_loader, optimizer)
+
+    def state_dict(self) -> Dict:
+        state = TrainerBase.state_dict(self)
+        state[compat.TRAINER_STATE_KEY] = compat.trainer_state_dict(self._trainer)
+        return state
+
+    def load_state_dict(self, state_dict: Dict) -> None:
+        TrainerBase.load_state_dict(self, state_dict)
+        if not compat.load_trainer_state(self._trainer, state_dict):
+            logging.getLogger("detectron2").info(f"The checkpoint has no '{compat.TRAINER_STATE_KEY}' state (written by "
+                        "Detectron2 v0.6's trainer): resuming with a fresh inner-trainer state "
+                        "(e.g. AMP's gradient scale).")
+
+
+class Trainer(PortableDefaultTrainer):
     """``DefaultTrainer`` + COCO box/mask evaluation, CPU bf16 autocast and a run report.
 
     ``SOLVER.AMP.ENABLED`` uses Detectron2's ``AMPTrainer`` (fp16 + GradScaler) on CUDA and
     :class:`CPUAutocastTrainer` (bf16) on the CPU.
     """
 
-    def __init__(self, cfg: CfgNode):
-        cpu_autocast = cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda")
-        if cpu_autocast:
-            # Let DefaultTrainer build the plain SimpleTrainer: AMPTrainer refuses the CPU.
-            cfg = cfg.clone()
-            cfg.defrost()
-            cfg.SOLVER.AMP.ENABLED = False
-            cfg.freeze()
-        super().__init__(cfg)
-        if cpu_autocast:
+    def build_inner_trainer(self, cfg: CfgNode, model: torch.nn.Module, data_loader,
+                            optimizer: torch.optim.Optimizer) -> SimpleTrainer:
+        if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
+            # AMPTrainer refuses the CPU: bfloat16 needs no gradient scaling.
             logging.getLogger("detectron2").info(
                 "SOLVER.AMP.ENABLED on the CPU: training with bfloat16 autocast.")
-            plain = self._trainer
-            self._trainer = CPUAutocastTrainer(plain.model, plain.data_loader, plain.optimizer)
+            return CPUAutocastTrainer(model, data_loader, optimizer)
+        return super().build_inner_trainer(cfg, model, data_loader, optimizer)
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str) -> DatasetEvaluator:

@@ -17,10 +17,13 @@ from detectron2.data import (
     build_detection_test_loader,
     build_detection_train_loader,
 )
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import DatasetEvaluators
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
+
+from resbackbones.engine.distributed import launch, process_group_backend
+from resbackbones.engine.trainer import PortableDefaultTrainer
 
 from .config import build_resunetpp_config
 from .data import (
@@ -70,8 +73,8 @@ def validate_datasets(cfg: CfgNode) -> Dict[str, set]:
     return bad
 
 
-class ResUNetPPTrainer(DefaultTrainer):
-    """``DefaultTrainer`` with the segmentation mapper, Adam/NAdam and the two evaluators."""
+class ResUNetPPTrainer(PortableDefaultTrainer):
+    """``DefaultTrainer`` (as resbackbones runs it on both Detectron2 flavours) with the segmentation mapper, Adam/NAdam and the two evaluators."""
 
     skip_files: Dict[str, set] = {}
 
@@ -242,5 +245,12 @@ def run(argv: Optional[Sequence[str]] = None) -> None:
               f"{results['cpu_seconds']:.0f} s, load average now {load:.1f} on "
               f"{os.cpu_count()} cores); outputs in {output}")
         return
+    config_file = args.config_file or (QUICKSTART_CONFIG if args.quickstart else "")
+    device = build_resunetpp_config(config_file, args.opts).MODEL.DEVICE
+    if not torch.cuda.is_available():
+        device = "cpu"  # as setup_cfg does in every process
+    # resbackbones' launch: the backend follows the run's device on both Detectron2 flavours
+    # (main's own launch picks NCCL on any GPU machine, also for a CPU run).
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+           dist_url=None if args.num_machines == 1 else args.dist_url, args=(args,),
+           backend=process_group_backend(device))

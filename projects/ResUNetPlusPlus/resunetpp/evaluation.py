@@ -18,6 +18,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator, SemSegEvaluator
 from detectron2.utils import comm
 
+from resbackbones import compat
+
 from .data.layouts import read_mask
 from .metrics import confusion_matrix, image_scores, mean_iou, scores_from_counts, class_counts
 
@@ -47,6 +49,15 @@ class MaskFileSemSegEvaluator(SemSegEvaluator):
                  output_dir: Optional[str] = None) -> None:
         super().__init__(dataset_name, distributed=distributed, output_dir=output_dir)
         self._read_ground_truth = _ground_truth_reader(dataset_name)
+        # Detectron2 main's evaluator also computes Boundary IoU from a matrix its own process()
+        # fills; this process() does not, so the same figures are computed on both flavours.
+        self._compute_boundary_iou = False
+
+    def evaluate(self):
+        results = super().evaluate()
+        if results and "sem_seg" in results:
+            results["sem_seg"] = compat.drop_boundary_iou(results["sem_seg"])
+        return results
 
     def process(self, inputs, outputs) -> None:
         for input_, output in zip(inputs, outputs):
