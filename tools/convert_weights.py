@@ -15,6 +15,7 @@ detector checkpoints convert between Detectron2's built-in ResNet names and resb
 The output loads with ``MODEL.WEIGHTS`` (keys ``backbone.bottom_up.body.*``). Inputs are read
 without running code (safetensors, or torch.load(weights_only=True)); ``.safetensors`` outputs
 feed ``MODEL.RESBACKBONE.WEIGHTS``; a plain-pickle ``.pkl`` is written only with ``--format pkl``.
+The same command line is ``python -m resbackbones convert-weights``.
 """
 import sys
 

@@ -8,19 +8,12 @@
 
 ``--help`` lists the options. A Detectron2 model runs through :mod:`resbackbones.demo.batch`; an
 ONNX export (``--onnx``) through :mod:`resbackbones.deploy.onnx_demo`, which needs only numpy,
-Pillow and onnxruntime, so this tool imports Detectron2 only for the first kind.
+Pillow and onnxruntime, so this tool imports Detectron2 only for the first kind. The choice is
+:func:`resbackbones.__main__.demo_main` (also ``python -m resbackbones demo``).
 """
 import sys
 
-
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if "--onnx" in argv:
-        from resbackbones.deploy.onnx_demo import main as run
-    else:
-        from resbackbones.demo.batch import main as run
-    return run(argv)
-
+from resbackbones.__main__ import demo_main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(demo_main(sys.argv[1:]))

@@ -7,6 +7,7 @@
 Tracing by default (Faster/Mask R-CNN and RetinaNet, any resbackbones backbone); BatchNorm
 folding is baked in, CPU run-time tricks (Winograd, parallel ROIAlign, channels-last) are off.
 Run an ONNX export without Detectron2: ``python tools/demo.py --onnx exported/quickstart ...``.
+The same command line is ``python -m resbackbones export``.
 """
 import sys
 

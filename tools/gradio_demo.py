@@ -5,7 +5,7 @@
         --opts MODEL.WEIGHTS output/quickstart/model_final.pth
 
 ``--help`` lists the options (several models, the COCO model-zoo choice, host and port); the
-command line lives in :mod:`resbackbones.demo.serve`.
+command line lives in :mod:`resbackbones.demo.serve` (also ``python -m resbackbones web-demo``).
 """
 from resbackbones.demo.serve import main
 

@@ -7,7 +7,9 @@
     python tools/train_net.py --config-file CONFIG --dataset mine_train=ann.json:images/ \\
         DATASETS.TRAIN "('mine_train',)"
 
-Without CUDA it runs on the CPU; --num-gpus N then starts N Gloo processes.
+Without CUDA it runs on the CPU; --num-gpus N then starts N Gloo processes. The same command line
+is ``python -m resbackbones train``; --config-file also takes a packaged config name
+(``python -m resbackbones configs`` lists them).
 """
 from resbackbones.engine.launch import run
 
