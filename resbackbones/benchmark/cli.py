@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from resbackbones._requirements import require_extra
 from resbackbones.benchmark.harness import device_section
 from resbackbones.benchmark.report import plot_scaling, section_body, write_section
 from resbackbones.benchmark.run import BenchmarkSettings, run_comparison, run_scaling
@@ -100,8 +101,7 @@ def onnx_exporter(model: nn.Module, cfg, image: np.ndarray, scratch: str
     cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = min(image.shape[:2]), max(image.shape[:2])
     result = export_same_weights(model, cfg, folder, image)
     detector = OnnxDetector(folder, num_threads=torch.get_num_threads())
-    import onnxruntime
-
+    onnxruntime = require_extra("export", "onnxruntime", "The benchmark's --onnx row")
     description = (f"`tools/export_model.py --format onnx` (tracing, opset "
                    f"{result.meta['onnx_opset']}, BN folded) run by resbackbones.deploy."
                    f"onnx_runner on onnxruntime {onnxruntime.__version__}, CPUExecutionProvider, "
