@@ -1,16 +1,30 @@
 # Two commands set up a fresh machine: `make quickstart` and `make test` (see README.md).
 # Set-up steps leave stamps in .venv/.stamps so that a second run skips what is done.
+#
+# Your own environment instead of .venv (your torch, perhaps your own Detectron2 build):
+#     make setup USE_PYTHON=/path/to/env/bin/python
+# makes no venv and never installs or upgrades torch there (pip runs with PIP_CONSTRAINT pinning
+# the torch and torchvision found); it installs the package into that environment, and the
+# Detectron2 installer keeps a Detectron2 that works there. Every target takes the variable
+# (`make test USE_PYTHON=...`); its stamps go to .cache/stamps/.
 PYTHON ?= python3
+USE_PYTHON ?=
 VENV := .venv
+ifeq ($(strip $(USE_PYTHON)),)
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip --disable-pip-version-check
 STAMPS := $(VENV)/.stamps
+else
+PY := $(strip $(USE_PYTHON))
+STAMPS := .cache/stamps/$(subst /,_,$(PY))
+endif
+PIP := $(PY) -m pip --disable-pip-version-check
 PYTEST_ARGS ?=
 OUTPUT ?= output/quickstart
 DATA ?= datasets/synthetic_shapes
 
 .PHONY: screenshot setup quickstart test test-fast demo benchmark gpu-check gpu-check-wheels browser clean
 
+ifeq ($(strip $(USE_PYTHON)),)
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip "setuptools>=64" wheel
@@ -19,6 +33,26 @@ $(PY):
 $(STAMPS)/torch: | $(PY)
 	$(PIP) install --quiet torch torchvision
 	mkdir -p $(STAMPS) && touch $@
+else
+# USE_PYTHON: torch is yours. Checked and pinned on every run (your torch may have changed since).
+.PHONY: keep-torch
+keep-torch:
+	@command -v "$(PY)" >/dev/null 2>&1 || { echo "make: USE_PYTHON=$(USE_PYTHON) is not a" \
+		"Python interpreter; give its path, e.g. USE_PYTHON=/path/to/env/bin/python" >&2; exit 1; }
+	@mkdir -p $(STAMPS)
+	@"$(PY)" -c "import importlib.metadata as m; print('\n'.join(f'{n}=={m.version(n)}' for n in ('torch', 'torchvision')))" \
+		>$(STAMPS)/keep-torch.txt 2>/dev/null || { echo "make: $(PY) has no torch and" \
+		"torchvision: install the build for your machine first" \
+		"(https://pytorch.org/get-started/locally/); make never installs or upgrades torch in" \
+		"your environment" >&2; exit 1; }
+	@echo "make: using $(PY) as it is (no .venv); pip keeps" $$(cat $(STAMPS)/keep-torch.txt)
+
+$(STAMPS)/torch: | keep-torch
+	touch $@
+
+$(STAMPS)/package: | keep-torch
+$(STAMPS)/package: export PIP_CONSTRAINT = $(abspath $(STAMPS))/keep-torch.txt
+endif
 
 $(STAMPS)/package: setup.cfg pyproject.toml $(STAMPS)/torch
 	$(PIP) install --quiet -e ".[all,test]"

@@ -12,13 +12,33 @@ __version__ = "0.1.0"
 
 from resbackbones._requirements import detectron2_installed as _detectron2_installed
 
+# A Detectron2 that is installed but does not import (a C++ extension built for another torch, a
+# missing dependency) is reported, not raised: `python -m resbackbones doctor` and
+# `install-detectron2` must still run to say what is wrong and fix it.
+_DETECTRON2_IMPORT_ERROR = None
 if _detectron2_installed():
-    from resbackbones import modeling  # noqa: E402,F401  (registers the builders)
-    from resbackbones.config import add_resbackbone_config, build_config  # noqa: E402,F401
+    try:
+        import importlib as _importlib
+
+        _importlib.import_module("detectron2.modeling")  # Detectron2's own imports, first
+    except Exception as _error:  # noqa: BLE001  (anything Detectron2's import raises)
+        _DETECTRON2_IMPORT_ERROR = _error
+        import warnings
+
+        warnings.warn(f"Detectron2 is installed but does not import ({type(_error).__name__}: "
+                      f"{_error}); resbackbones registered nothing. `python -m resbackbones "
+                      "doctor` says why and how to fix it.", RuntimeWarning, stacklevel=2)
+    else:
+        from resbackbones import modeling  # noqa: E402,F401  (registers the builders)
+        from resbackbones.config import add_resbackbone_config, build_config  # noqa: E402,F401
 
 
 def __getattr__(name: str):
     if name in ("modeling", "add_resbackbone_config", "build_config", "config"):
+        if _DETECTRON2_IMPORT_ERROR is not None:
+            raise ImportError(f"resbackbones.{name} needs Detectron2, which is installed but does "
+                              f"not import: {_DETECTRON2_IMPORT_ERROR}. `python -m resbackbones "
+                              "doctor` says why and how to fix it.") from _DETECTRON2_IMPORT_ERROR
         from resbackbones._requirements import require_detectron2
 
         require_detectron2(f"resbackbones.{name}")

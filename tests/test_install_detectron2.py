@@ -1,6 +1,9 @@
-"""The Detectron2 installer and the backports it applies, checked on the installed detectron2."""
-import importlib.util
+"""The Detectron2 installer (resbackbones/installer.py, tools/install_detectron2.py, make setup):
+what it does with each Detectron2 it finds, its backups, the torch guard, and the backports it
+applies, checked on the installed detectron2."""
+import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -10,19 +13,14 @@ import numpy as np
 import pytest
 import torch
 
+from detectron2_main import main_environment, require_detectron2_main
+from fake_detectron2 import (add_dist_info, make_bare_python, make_fake_detectron2,
+                             make_fake_torch, python_path_env, tree)
+from resbackbones import installer
+from resbackbones.installer import PATCH_LEVEL, WHEEL_VERSION, Detectron2Probe, decide_action
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 INSTALLER_PATH = REPO_ROOT / "tools" / "install_detectron2.py"
-
-
-def _load_installer():
-    spec = importlib.util.spec_from_file_location("install_detectron2", INSTALLER_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-installer = _load_installer()
 
 
 def _own_build() -> bool:
@@ -81,10 +79,36 @@ def test_transforms_work_with_installed_pillow():
 
 
 def test_dataset_histogram_uses_builtin_int():
+    """v0.6 built the histogram with np.int (gone in NumPy 1.24): it must log the counts."""
+    import logging
+    import uuid
+
     from detectron2.data.build import print_instances_class_histogram
 
-    dataset_dicts = [{"annotations": [{"category_id": 0}, {"category_id": 1}]}]
-    print_instances_class_histogram(dataset_dicts, ["a", "b"])
+    # log_first_n logs a message once per process: class names of our own make it a new one.
+    names = [f"cat-{uuid.uuid4().hex[:6]}", f"dog-{uuid.uuid4().hex[:6]}"]
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("detectron2.data.build")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        dataset_dicts = [{"annotations": [{"category_id": 0}, {"category_id": 1}]},
+                         {"annotations": [{"category_id": 1}]}]
+        print_instances_class_histogram(dataset_dicts, names)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(r.getMessage() for r in records))
+    assert "Distribution of instances among all 2 categories" in text
+    counts = {}
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        counts.update((name, value) for name, value in zip(cells[::2], cells[1::2])
+                      if name in names or name == "total")
+    assert counts == {names[0]: "1", names[1]: "2", "total": "3"}
 
 
 def test_every_model_zoo_config_is_found():
@@ -141,17 +165,6 @@ def test_numpy_alias_rewrite_leaves_sized_types_alone():
     assert rewrite.apply(text) == "a = np.int64(1)\nb = x.astype(bool)\nc = np.bool_\nd = float\n"
 
 
-def test_decide_action():
-    assert installer.decide_action(None) == "install"
-    user_build = {"version": "0.6", "dist_version": "0.6", "location": "/x", "has_cpp_ops": True}
-    assert installer.decide_action(user_build) == "keep"
-    assert installer.decide_action(user_build, force=True) == "install"
-    current = {"version": installer.WHEEL_VERSION, "dist_version": installer.WHEEL_VERSION}
-    assert installer.decide_action(current) == "up-to-date"
-    older = {"version": "0.6+resbackbones.0", "dist_version": "0.6+resbackbones.0"}
-    assert installer.decide_action(older) == "upgrade"
-
-
 def test_sdist_checksum_mismatch_is_refused_and_kept_aside(tmp_path):
     (tmp_path / installer.SDIST_FILENAME).write_bytes(b"not the sdist")
     with pytest.raises(RuntimeError, match="does not match the expected"):
@@ -174,14 +187,6 @@ def test_all_rewrites_match_the_real_sdist(tmp_path):
     assert (package / "_C_lazy.py").exists()
     with tarfile.open(CACHED_SDIST) as archive:
         assert not any("/layers/csrc/" in name for name in archive.getnames())
-
-
-def test_second_run_keeps_installed_detectron2():
-    result = subprocess.run([sys.executable, str(INSTALLER_PATH)], capture_output=True,
-                            text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert ("already installed" in result.stdout) or ("keeping" in result.stdout)
-    assert "downloading" not in result.stdout
 
 
 def test_readme_lists_every_rewrite():
@@ -217,3 +222,391 @@ def test_distributed_launch_runs_on_cpu_with_gloo(tmp_path):
     launch(_all_reduce_worker, 2, dist_url="auto", args=(str(tmp_path),))
     results = sorted(p.read_text() for p in tmp_path.iterdir())
     assert results == ["gloo 3.0 DistributedDataParallel"] * 2
+
+
+# ---------------------------------------------------------------------------------------------
+# What the installer does with what it finds
+
+_OURS = WHEEL_VERSION
+_OLDER = f"0.6+resbackbones.{PATCH_LEVEL - 1}"
+_DIST = {"name": "detectron2", "version": "0.6", "site": "/s", "files": []}
+
+
+def _probe(state="ok", version="0.6", missing=(), dist=_DIST):
+    dist = dict(dist, version=version) if dist else None
+    return Detectron2Probe(state=state, python=sys.executable, version=version,
+                           flavour="v0.6" if state == "ok" else None, missing_apis=tuple(missing),
+                           api_count=32, location="/s/detectron2", distribution=dist,
+                           error="ImportError: boom" if state == "broken" else None)
+
+
+DECISIONS = [
+    # (what is found, flags, action)
+    ("none", _probe(state="absent", version=None, dist=None), {}, "install"),
+    ("none, --replace", _probe(state="absent", version=None, dist=None), {"replace": True},
+     "install"),
+    ("ours, current", _probe(version=_OURS), {}, "up-to-date"),
+    ("ours, current, --force", _probe(version=_OURS), {"force": True}, "reinstall"),
+    ("ours, current, --replace", _probe(version=_OURS), {"replace": True}, "replace"),
+    ("ours, older", _probe(version=_OLDER), {}, "upgrade"),
+    ("ours, older, broken", _probe(state="broken", version=_OLDER), {}, "upgrade"),
+    ("ours, current, broken", _probe(state="broken", version=_OURS), {}, "refuse-broken"),
+    ("ours, current, broken, --force", _probe(state="broken", version=_OURS), {"force": True},
+     "reinstall"),
+    ("ours, current, lacking APIs", _probe(version=_OURS, missing=["a.b"]), {},
+     "refuse-missing-api"),
+    ("foreign, complete", _probe(), {}, "keep"),
+    ("foreign, on PYTHONPATH, complete", _probe(dist=None), {}, "keep"),
+    ("foreign, complete, --force", _probe(), {"force": True}, "refuse-force"),
+    ("foreign, complete, --replace", _probe(), {"replace": True}, "replace"),
+    ("foreign, lacking APIs", _probe(missing=["detectron2.config.LazyConfig"]), {},
+     "refuse-missing-api"),
+    ("foreign, lacking APIs, --replace", _probe(missing=["x.y"]), {"replace": True}, "replace"),
+    ("foreign, broken", _probe(state="broken"), {}, "refuse-broken"),
+    ("foreign, broken, --force", _probe(state="broken"), {"force": True}, "refuse-force"),
+    ("foreign, broken, --replace", _probe(state="broken"), {"replace": True}, "replace"),
+]
+
+
+@pytest.mark.parametrize("found, probe, flags, action", DECISIONS, ids=[d[0] for d in DECISIONS])
+def test_decide_action(found, probe, flags, action):
+    assert decide_action(probe, **flags) == action
+
+
+def test_every_action_is_decided_somewhere():
+    assert {action for *_, action in DECISIONS} == set(installer.ACTIONS)
+    assert set(installer.REFUSAL_STATUS) <= set(installer.ACTIONS)
+
+
+def _run_installer(*args, env=None, python=sys.executable, timeout=300):
+    return subprocess.run([python, str(INSTALLER_PATH), *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_wrapper_loads_the_installer_without_the_package_torch_or_detectron2():
+    """A fresh clone runs tools/install_detectron2.py before anything is installed: it must not
+    execute resbackbones/__init__.py (which imports Detectron2) nor need torch."""
+    code = ("import importlib.util, sys\n"
+            f"spec = importlib.util.spec_from_file_location('wrapper', {str(INSTALLER_PATH)!r})\n"
+            "wrapper = importlib.util.module_from_spec(spec)\n"
+            "spec.loader.exec_module(wrapper)\n"
+            "print(wrapper.WHEEL_VERSION, wrapper.DEFAULT_CACHE)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('resbackbones', 'torch', 'detectron2')))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    version_line, imported = result.stdout.strip().splitlines()
+    assert version_line == f"{WHEEL_VERSION} {REPO_ROOT / '.cache' / 'detectron2'}"
+    assert imported == "[]"
+
+
+def test_installed_build_is_kept_through_the_package_command():
+    """What a wheel user runs: `python -m resbackbones install-detectron2`."""
+    result = subprocess.run([sys.executable, "-m", "resbackbones", "install-detectron2"],
+                            capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    if _own_build():
+        assert "already installed: Detectron2 v0.6 flavour" in result.stdout
+    else:
+        assert "keeping the detectron2 that already imports" in result.stdout
+    assert "API self-test: all 32 APIs resbackbones calls are present" in result.stdout
+    assert "downloading" not in result.stdout and "installing" not in result.stdout
+
+
+def test_foreign_build_lacking_an_api_is_refused_with_names_flavours_and_fix(tmp_path):
+    package = make_fake_detectron2(tmp_path, version="0.5", drop=["detectron2.config.LazyConfig"])
+    before = tree(package)
+    result = _run_installer(env=python_path_env(tmp_path))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"found: Detectron2 v0.6 flavour (version 0.5, not an installed distribution" \
+        in result.stdout
+    assert "API self-test: 1 of the 32 APIs resbackbones calls are missing: " \
+           "detectron2.config.LazyConfig" in result.stdout
+    error = result.stderr
+    assert f"The Detectron2 at {package} (version 0.5) lacks 1 API(s) resbackbones calls: " \
+           "detectron2.config.LazyConfig." in error
+    assert "Supported flavours: v0.6:" in error and "main: upstream main" in error
+    assert "Nothing was changed" in error and f"{INSTALLER_PATH} --replace" in error
+    assert tree(package) == before
+
+
+def test_detectron2_whose_extension_fails_to_load_is_reported_not_reinstalled(tmp_path):
+    symbol = "undefined symbol: _ZN2at4_ops5zeros4callEN3c108ArrayRefINS2_6SymIntEEE"
+    package = make_fake_detectron2(tmp_path, flavour="main", files={
+        "_C.py": f"raise ImportError({('/site/detectron2/_C.so: ' + symbol)!r})\n"})
+    result = _run_installer(env=python_path_env(tmp_path))
+    assert result.returncode == 1, result.stdout + result.stderr
+    error = result.stderr
+    assert f"detectron2 at {package} does not import" in error
+    assert f"importing detectron2._C raised ImportError: /site/detectron2/_C.so: {symbol}" in error
+    assert "Nothing was changed" in error and "never reinstalled unasked" in error
+    assert f"built against another torch. Rebuild detectron2 for this torch" in error
+    assert f"torch installed now ({installer.installed_versions(sys.executable)['torch']})" \
+        in error
+    assert "--replace" in error
+    assert "building" not in result.stdout and "installing" not in result.stdout
+
+
+def test_detectron2_missing_a_dependency_names_the_module(tmp_path):
+    make_fake_detectron2(tmp_path, init_code="import resbackbones_test_absent_dependency\n")
+    result = _run_installer(env=python_path_env(tmp_path))
+    assert result.returncode == 1
+    assert "importing detectron2 raised ModuleNotFoundError: No module named " \
+           "'resbackbones_test_absent_dependency'" in result.stderr
+    assert "a package Detectron2 needs is missing: the module " \
+           "'resbackbones_test_absent_dependency'" in result.stderr
+
+
+def test_complete_foreign_build_is_kept_and_force_does_not_replace_it(tmp_path):
+    package = make_fake_detectron2(tmp_path, version="0.6", flavour="main")
+    env = python_path_env(tmp_path)
+    kept = _run_installer(env=env)
+    assert kept.returncode == 0, kept.stderr
+    assert ("keeping the detectron2 that already imports: Detectron2 main flavour (version 0.6, "
+            f"not an installed distribution: a folder on sys.path or PYTHONPATH, pure Python, no "
+            f"C++ ops) at {package}") in kept.stdout
+    forced = _run_installer("--force", env=env)
+    assert forced.returncode == 2
+    assert "--force rebuilds resbackbones' own build only" in forced.stderr
+    assert f"{INSTALLER_PATH} --replace" in forced.stderr
+
+
+@pytest.fixture(scope="module")
+def bare_python(tmp_path_factory):
+    return make_bare_python(tmp_path_factory.mktemp("bare-venv") / "venv")
+
+
+def test_nothing_installed_means_build_v06_and_torch_must_be_there(tmp_path, bare_python):
+    deps = tmp_path / "deps"
+    deps.mkdir()
+    planned = _run_installer("--dry-run", python=bare_python, env=python_path_env(deps))
+    assert planned.returncode == 0, planned.stderr
+    assert (f"no detectron2 in {bare_python}: building Detectron2 v0.6 with "
+            f"{len(installer.SOURCE_REWRITES)} source rewrites and installing it as detectron2 "
+            f"{WHEEL_VERSION}") in planned.stdout
+    assert "--dry-run: nothing was changed" in planned.stdout
+    no_torch = _run_installer("--cache-dir", tmp_path / "cache", python=bare_python,
+                              env=python_path_env(deps))
+    assert no_torch.returncode == 1
+    assert (f"torch is not installed in {bare_python}: install the build for your machine "
+            "first") in no_torch.stderr
+    assert "never installs or upgrades torch" in no_torch.stderr
+    assert not (tmp_path / "cache").exists()  # failed before downloading anything
+
+
+def test_interpreter_crash_while_importing_is_broken_not_absent(tmp_path, bare_python):
+    make_fake_torch(tmp_path)
+    make_fake_detectron2(tmp_path, files={"_C.py": "import os, signal\n"
+                                                   "os.kill(os.getpid(), signal.SIGSEGV)\n"})
+    probe = installer.probe_detectron2(bare_python, env=python_path_env(tmp_path))
+    assert probe.state == "broken"
+    assert probe.error.startswith("the interpreter was killed by signal 11 while importing")
+    assert "does not load with the torch installed now" in installer.likely_fix(probe, "cmd")
+
+
+def _fake_world(tmp_path, version="0.5", flavour="main"):
+    """A site folder with a foreign detectron2 installed as pip would (RECORD), and a fake torch
+    in another folder: what the bare interpreter sees."""
+    site, deps = tmp_path / "site", tmp_path / "deps"
+    make_fake_detectron2(site, version=version, flavour=flavour)
+    add_dist_info(site, "detectron2", version, "detectron2")
+    make_fake_torch(deps)
+    return site, deps
+
+
+def test_replace_keeps_a_backup_and_restore_puts_the_old_build_back(tmp_path, bare_python,
+                                                                   monkeypatch, capsys):
+    site, deps = _fake_world(tmp_path)
+    original = tree(site)
+    monkeypatch.setenv("PYTHONPATH", f"{site}{os.pathsep}{deps}")
+    probe = installer.probe_detectron2(bare_python)
+    assert (probe.state, probe.flavour, probe.version) == ("ok", "main", "0.5")
+    assert probe.distribution["name"] == "detectron2"
+    assert decide_action(probe) == "keep"
+    assert decide_action(probe, replace=True) == "replace"
+
+    seen_at_install = []
+
+    def fake_prepare_wheel(python, cache_dir):
+        assert (site / "detectron2").exists()  # built before anything is removed
+        return cache_dir / "wheels" / f"detectron2-{WHEEL_VERSION}-py3-none-any.whl"
+
+    def fake_install_wheel(python, wheel, keep):  # what pip does, without pip
+        seen_at_install.append(sorted(p.name for p in site.iterdir()))
+        make_fake_detectron2(site, version=WHEEL_VERSION)
+        add_dist_info(site, "detectron2", WHEEL_VERSION, "detectron2")
+
+    monkeypatch.setattr(installer, "prepare_wheel", fake_prepare_wheel)
+    monkeypatch.setattr(installer, "install_wheel", fake_install_wheel)
+    cache = tmp_path / "cache"
+    status = installer.carry_out("replace", probe, cache, command=["install-detectron2"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert seen_at_install == [[]]  # the old one, byte code included, was gone: no namespace left
+    (backup,) = (cache / "backups").iterdir()
+    assert f"--replace: replacing Detectron2 main flavour (version 0.5" in out
+    assert f"backed up detectron2 0.5 ({len(original)} files from {site}) to {backup}" in out
+    assert f"to put it back: install-detectron2 --restore {backup}" in out
+    assert f"removed {len(original)} files of detectron2 0.5 from {site}" in out
+    assert f"installed: Detectron2 v0.6 flavour (version {WHEEL_VERSION}, built by " \
+           "resbackbones' installer" in out
+    manifest = json.loads((backup / "manifest.json").read_text())
+    assert manifest["version"] == "0.5" and manifest["flavour"] == "main"
+    assert tree(backup / "files") == original
+
+    restored = _run_installer("--python", bare_python, "--cache-dir", cache, "--restore", backup)
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert tree(site) == original
+    assert "restored: Detectron2 main flavour (version 0.5, installed as detectron2 0.5" \
+        in restored.stdout
+    (saved_ours,) = [p for p in (cache / "backups").iterdir() if p != backup]
+    assert json.loads((saved_ours / "manifest.json").read_text())["version"] == WHEEL_VERSION
+    assert f"to undo this restore later: {sys.executable} {INSTALLER_PATH} --restore " \
+           f"{saved_ours}" in restored.stdout
+
+
+def test_restore_of_a_folder_that_is_no_backup_names_the_backups(tmp_path):
+    (tmp_path / "cache" / "backups" / "detectron2-0.5-20260101-000000").mkdir(parents=True)
+    (tmp_path / "cache" / "backups" / "detectron2-0.5-20260101-000000" / "manifest.json") \
+        .write_text("{}")
+    result = _run_installer("--cache-dir", tmp_path / "cache", "--restore", tmp_path)
+    assert result.returncode == 1
+    assert f"--restore {tmp_path}: not a backup made by this installer (no manifest.json)" \
+        in result.stderr
+    assert "detectron2-0.5-20260101-000000" in result.stderr
+
+
+def test_replace_refuses_a_folder_on_the_path(tmp_path):
+    make_fake_detectron2(tmp_path, flavour="main")
+    result = _run_installer("--replace", "--cache-dir", tmp_path / "cache",
+                            env=python_path_env(tmp_path))
+    assert result.returncode == 1
+    assert "is not an installed distribution" in result.stderr
+    assert "nothing was changed" in result.stderr
+    assert not (tmp_path / "cache").exists()
+
+
+def test_bad_flags_are_refused():
+    result = _run_installer("--restore", "x", "--replace")
+    assert result.returncode == 2
+    assert "--restore puts a backup back; it cannot be combined with --replace" in result.stderr
+    missing = _run_installer("--python", "/no/such/python", "--dry-run")
+    assert missing.returncode == 1
+    assert "--python '/no/such/python' is not an executable Python interpreter" in missing.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# torch is never changed
+
+
+def test_pip_runs_with_torch_pinned_and_only_if_needed_upgrades(tmp_path):
+    record = tmp_path / "pip.json"
+    fake_python = tmp_path / "python"
+    fake_python.write_text(
+        f"#!{sys.executable}\n"
+        "import json, sys\n"
+        "args = sys.argv[1:]\n"
+        "constraints = open(args[args.index('-c') + 1]).read()\n"
+        f"open({str(record)!r}, 'w').write(json.dumps({{'args': args, 'c': constraints}}))\n")
+    fake_python.chmod(0o755)
+    installer.pip_install(str(fake_python), ["x.whl"], {"torch": "2.0.0", "torchvision": None})
+    seen = json.loads(record.read_text())
+    assert seen["args"][:3] == ["-m", "pip", "install"]
+    assert seen["args"][-1] == "x.whl"
+    strategy = seen["args"].index("--upgrade-strategy")
+    assert seen["args"][strategy + 1] == "only-if-needed"
+    assert seen["c"] == "torch==2.0.0\n"
+
+
+def test_a_changed_torch_fails_loudly(tmp_path, bare_python, monkeypatch):
+    make_fake_torch(tmp_path, "2.0.0")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    before = installer.installed_versions(bare_python)
+    assert before == {"torch": "2.0.0", "torchvision": None}
+    installer.check_torch_unchanged(bare_python, before)  # unchanged: no error
+    (tmp_path / "torch-2.0.0.dist-info").rename(tmp_path / "torch-2.1.0.dist-info")
+    metadata = tmp_path / "torch-2.1.0.dist-info" / "METADATA"
+    metadata.write_text(metadata.read_text().replace("2.0.0", "2.1.0"))
+    with pytest.raises(installer.TorchChangedError) as error:
+        installer.check_torch_unchanged(bare_python, before)
+    message = str(error.value)
+    assert "pip changed torch 2.0.0 -> 2.1.0 while installing detectron2" in message
+    assert f"{bare_python} -m pip install torch==2.0.0" in message
+
+
+# ---------------------------------------------------------------------------------------------
+# The main snapshot, and make setup with an environment of one's own
+
+
+def test_probe_of_upstream_main_reports_main_and_no_missing_api():
+    root = require_detectron2_main()
+    probe = installer.probe_detectron2(sys.executable, env=main_environment(root))
+    assert probe.state == "ok", probe.error
+    assert probe.flavour == "main"
+    assert probe.missing_apis == ()
+    assert probe.location == str((root / "detectron2").resolve())
+    assert probe.distribution is None  # the installed v0.6's metadata is not taken for it
+    assert decide_action(probe) == "keep"
+
+
+def _fake_make_python(tmp_path):
+    """A stand-in interpreter that logs every call (and its PIP_CONSTRAINT) and reports torch."""
+    log = tmp_path / "calls.log"
+    python = tmp_path / "env" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text(
+        f"#!{sys.executable}\n"
+        "import os, sys\n"
+        f"with open({str(log)!r}, 'a') as log:\n"
+        "    log.write(repr((sys.argv[1:], os.environ.get('PIP_CONSTRAINT'))) + '\\n')\n"
+        "if sys.argv[1] == '-c' and 'importlib.metadata' in sys.argv[2]:\n"
+        "    print('torch==2.3.1\\ntorchvision==0.18.1')\n")
+    python.chmod(0o755)
+    return python, log
+
+
+def test_make_setup_uses_an_existing_environment_and_pins_its_torch(tmp_path):
+    python, log = _fake_make_python(tmp_path)
+    stamps = tmp_path / "stamps"
+    result = subprocess.run(["make", "--no-print-directory", "setup", f"USE_PYTHON={python}",
+                             f"STAMPS={stamps}"], cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    calls = [eval(line) for line in log.read_text().splitlines()]  # noqa: S307 (our own repr)
+    commands = [" ".join(args) for args, _ in calls]
+    assert not any("venv" in command for command in commands)
+    assert not any("install" in c and ("torch " in c or c.endswith("torch")) for c in commands)
+    (pip_args, constraint), = [(a, c) for a, c in calls if a[:2] == ["-m", "pip"]]
+    assert "install" in pip_args
+    assert "-e" in pip_args
+    assert Path(constraint).read_text() == "torch==2.3.1\ntorchvision==0.18.1\n"
+    assert any(a == ["tools/install_detectron2.py"] for a, _ in calls)
+    assert any(a == ["-m", "resbackbones.env"] for a, _ in calls)
+    assert f"make: using {python} as it is (no .venv); pip keeps torch==2.3.1 " \
+           "torchvision==0.18.1" in result.stdout
+    assert (stamps / "package").exists()
+
+
+def test_make_setup_refuses_an_environment_without_torch(tmp_path):
+    python = tmp_path / "python"
+    python.write_text(f"#!{sys.executable}\nimport sys\nsys.exit(1)\n")
+    python.chmod(0o755)
+    result = subprocess.run(["make", "--no-print-directory", "setup", f"USE_PYTHON={python}",
+                             f"STAMPS={tmp_path / 'stamps'}"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert f"make: {python} has no torch and torchvision: install the build for your machine " \
+           "first" in result.stderr
+    assert not (tmp_path / "stamps" / "package").exists()
+
+
+def test_make_setup_default_still_makes_its_own_venv():
+    result = subprocess.run(["make", "-n", "-B", "--no-print-directory", "setup"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "python3 -m venv .venv"
+    assert ".venv/bin/python -m pip --disable-pip-version-check install --quiet torch " \
+           "torchvision" in lines
+    assert "keep-torch" not in result.stdout and "PIP_CONSTRAINT" not in result.stdout
