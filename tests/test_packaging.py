@@ -190,23 +190,40 @@ def test_every_require_extra_call_names_the_extra_that_installs_its_module():
                 f"{sorted(providers)}, which setup.cfg's '{extra}' extra does not list.")
 
 
+def _imports_by_function(tree: ast.AST):
+    """(import node, its innermost enclosing function or None) for every import in ``tree``."""
+    def visit(node, function):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.Import, ast.ImportFrom)):
+                yield child, function
+            inner = child if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) \
+                else function
+            yield from visit(child, inner)
+
+    return visit(tree, None)
+
+
+def _required_before(function: ast.AST, line: int) -> Set[str]:
+    """Top-level modules that ``function`` asks ``require_extra`` for before ``line``."""
+    return {node.args[1].value.partition(".")[0] for node in ast.walk(function)
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "require_extra"
+            and len(node.args) > 1 and isinstance(node.args[1], ast.Constant)
+            and node.lineno < line}
+
+
 def test_every_third_party_import_of_the_library_is_declared():
-    """Module-level imports are core (or Detectron2's, installed by its own tool); imports inside
-    functions may also be an extra's package. Where an extra's package is imported, by
-    require_extra, is the runtime test's business."""
+    """Module-level imports are core (or Detectron2's, installed by its own tool); an extra's
+    package is imported inside the function that needs it, after require_extra asked for it
+    (so that a missing one names its pip install line)."""
     core, extras = read_requirements()
     core_names = _names(core) | WITH_DETECTRON2
     extra_names = set().union(*(_names(extras[name]) for name in EXTRAS))
     problems = []
     for path in PACKAGE.rglob("*.py"):
-        tree = ast.parse(path.read_text(), str(path))
-        in_function = {id(inner) for node in ast.walk(tree)
-                       if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-                       for inner in ast.walk(node)}
-        for node in ast.walk(tree):
+        for node, function in _imports_by_function(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
                 modules = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            elif node.level == 0:
                 modules = [node.module]
             else:
                 continue
@@ -214,16 +231,21 @@ def test_every_third_party_import_of_the_library_is_declared():
                 top = module.partition(".")[0]
                 if top in sys.stdlib_module_names or top in ("resbackbones", "__future__"):
                     continue
-                allowed = core_names | (extra_names if id(node) in in_function else set())
                 providers = _distribution_of(top) or {canonicalize_name(top)}
-                if not providers & allowed:
-                    where = "inside a function" if id(node) in in_function else "at module level"
-                    problems.append(f"{path.relative_to(REPO)}:{node.lineno} imports {module} "
-                                    f"({', '.join(sorted(providers))}) {where}")
+                where = f"{path.relative_to(REPO)}:{node.lineno} imports {module}"
+                if providers & core_names:
+                    continue
+                if not providers & extra_names:
+                    problems.append(f"{where}, from {', '.join(sorted(providers))}, which "
+                                    "setup.cfg does not declare")
+                elif function is None:
+                    problems.append(f"{where} (an extra's package) at module level")
+                elif top not in _required_before(function, node.lineno):
+                    problems.append(f"{where} (an extra's package) without require_extra first")
     assert not problems, (
-        "Undeclared or eager imports (declare the distribution in setup.cfg's install_requires, "
-        "or in an extra and import it where it is used via require_extra):\n"
-        + "\n".join(problems))
+        "Declare each distribution in setup.cfg (install_requires, or an extra) and import an "
+        "extra's module inside the function that uses it, through "
+        "resbackbones._requirements.require_extra:\n" + "\n".join(problems))
 
 
 # --- the core install --------------------------------------------------------------------------
@@ -472,8 +494,15 @@ def _size_report() -> str:
             rows.append((f"[{extra}] adds", f"not installed here ({error})"))
             continue
         rows.append((f"[{extra}] adds", closure - core_closure))
-    rows.append(("torch + torchvision as installed here (build-dependent)",
-                 distribution_closure(USER_CHOSEN, leaves=())))
+    torch_closure = distribution_closure(USER_CHOSEN, leaves=())
+    rows.append(("torch + torchvision as installed here (build-dependent)", torch_closure))
+    rows.append(("core adds to an environment with torch + torchvision",
+                 core_closure - torch_closure))
+    try:  # Detectron2's own requirements come with it (tools/install_detectron2.py)
+        rows.append(("detectron2 with its requirements adds to the core",
+                      distribution_closure(["detectron2"]) - core_closure))
+    except importlib.metadata.PackageNotFoundError as error:
+        rows.append(("detectron2 adds", f"not installed here ({error})"))
     lines = []
     for label, names in rows:
         if isinstance(names, str):
