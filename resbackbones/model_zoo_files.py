@@ -47,7 +47,12 @@ class ConfigNotFoundError(ConfigError, FileNotFoundError):
 
 def config_root() -> Path:
     """The folder of the packaged configs (in a checkout, the repository's ``configs/``)."""
-    return Path(__file__).parent / "configs"
+    packaged = Path(__file__).parent / "configs"
+    if packaged.is_dir():
+        return packaged
+    # A checkout whose git wrote the symlink as a plain file (Windows without symlinks).
+    checkout = Path(__file__).parent.parent / "configs"
+    return checkout if checkout.is_dir() else packaged
 
 
 def list_configs(contains: str = "") -> List[str]:

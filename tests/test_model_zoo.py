@@ -40,6 +40,21 @@ def test_every_file_under_configs_is_listed_and_resolves_to_it():
     assert config_root().resolve() == CONFIGS.resolve()
 
 
+def test_a_checkout_without_the_symlink_finds_the_repository_configs(tmp_path, monkeypatch):
+    """Git writes a symlink as a plain file where the system has none (Windows)."""
+    from resbackbones import model_zoo_files
+
+    (tmp_path / "resbackbones").mkdir()
+    (tmp_path / "resbackbones" / "configs").write_text("../configs")
+    (tmp_path / "configs" / "quick_schedules").mkdir(parents=True)
+    (tmp_path / "configs" / "quick_schedules" / "a.yaml").write_text("SOLVER:\n  MAX_ITER: 3\n")
+    monkeypatch.setattr(model_zoo_files, "__file__",
+                        str(tmp_path / "resbackbones" / "model_zoo_files.py"))
+    assert config_root() == tmp_path / "configs"
+    assert list_configs() == ["quick_schedules/a.yaml"]
+    assert build_config("quick_schedules/a.yaml").SOLVER.MAX_ITER == 3
+
+
 def test_list_configs_filters_case_insensitively():
     assert list_configs("QUICK_SCHEDULES/") == [
         "quick_schedules/mask_rcnn_R_18_FPN_synthetic_instant_test.yaml",
