@@ -517,7 +517,8 @@ class Detectron2Probe:
         else:
             origin = "not an installed distribution: a folder on sys.path or PYTHONPATH"
         if self.state == "broken":
-            return f"detectron2 {self.version or '?'} ({origin}) at {self.location}: does not import"
+            return (f"detectron2 {self.version or '?'} ({origin}) at {self.location}: does not "
+                    "import")
         ops = "with C++ ops" if self.has_cpp_ops else "pure Python, no C++ ops"
         return (f"Detectron2 {self.flavour} flavour (version {self.version}, {origin}, {ops}) at "
                 f"{self.location}")
@@ -865,7 +866,8 @@ def backup_installation(probe: Detectron2Probe, backup_root: Path) -> Path:
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "files": entries}
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
     staging.rename(folder)
-    log(f"backed up {dist['name']} {dist['version']} ({len(entries)} files from {site}) to {folder}")
+    log(f"backed up {dist['name']} {dist['version']} ({len(entries)} files from {site}) to "
+        f"{folder}")
     return folder
 
 

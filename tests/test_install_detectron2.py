@@ -301,6 +301,23 @@ def test_wrapper_loads_the_installer_without_the_package_torch_or_detectron2():
     assert imported == "[]"
 
 
+def test_installer_imports_only_the_standard_library():
+    """It runs before torch, Detectron2 and the package's dependencies are installed, and must
+    not import the package (whose __init__ imports Detectron2)."""
+    import ast
+
+    source = (REPO_ROOT / "resbackbones" / "installer.py").read_text()
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "no relative imports: the file is loaded by path"
+            imported.add(node.module.split(".")[0])
+    assert imported - set(sys.stdlib_module_names) == set()
+    assert "resbackbones" not in imported
+
+
 def test_installed_build_is_kept_through_the_package_command():
     """What a wheel user runs: `python -m resbackbones install-detectron2`."""
     result = subprocess.run([sys.executable, "-m", "resbackbones", "install-detectron2"],
