@@ -358,7 +358,8 @@ def _owning_distribution(init: Path) -> Optional[Dict[str, object]]:
     whose metadata would then describe a package that is not the one imported.)"""
     import importlib.metadata as metadata
 
-    names = metadata.packages_distributions().get("detectron2", []) + ["detectron2"]
+    mapping = getattr(metadata, "packages_distributions", dict)  # Python >= 3.10
+    names = mapping().get("detectron2", []) + ["detectron2"]
     for name in dict.fromkeys(names):
         try:
             dist = metadata.distribution(name)
@@ -398,6 +399,8 @@ def probe_report(compat_path: os.PathLike = COMPAT_PATH) -> Dict[str, object]:
         _probe_into(report, Path(compat_path))
     except _ProbeFailed:
         pass
+    except Exception as error:  # a Detectron2 too unlike both flavours for the self-test
+        _record_failure(report, error, "the API self-test")
     return report
 
 
@@ -449,7 +452,10 @@ def _probe_into(report: Dict[str, object], compat_path: Path) -> None:
             raise _record_failure(report, error, module)
     report["missing_apis"] = compat.check_detectron2_api()
     report["api_count"] = len(compat.REQUIRED_APIS)
-    report["flavour"] = compat.detectron2_flavour().name
+    try:
+        report["flavour"] = compat.detectron2_flavour().name
+    except ImportError:  # no detectron2.utils.comm: listed as missing; the flavour is unknown
+        report["flavour"] = "unknown"
     report["state"] = "ok"
 
 
@@ -776,6 +782,12 @@ def likely_fix(probe: Detectron2Probe, command: str) -> str:
     if probe.failed_module == "torch":
         return (f"torch itself does not import in {probe.python}: repair or reinstall torch first "
                 "(this installer never installs or upgrades torch), then run it again")
+    if (name == "detectron2._C" and "No module named" in error) or \
+            "cannot import name '_C' from" in error:
+        return ("detectron2 imports its C++ extension (detectron2._C), which is not there: it was "
+                "installed from source without building it. Build it for this torch (in its "
+                "source folder: pip install --no-build-isolation -e .), or replace it with "
+                f"resbackbones' pure-Python v0.6 build (a backup is kept): {command} --replace")
     compiled = (probe.failed_module == "detectron2._C" or name == "detectron2._C"
                 or any(sign in error for sign in ("undefined symbol", "killed by signal",
                                                   "DLL load failed", "_C")))

@@ -422,6 +422,34 @@ def test_interpreter_crash_while_importing_is_broken_not_absent(tmp_path, bare_p
     assert "does not load with the torch installed now" in installer.likely_fix(probe, "cmd")
 
 
+def test_source_install_without_its_extension_is_broken_with_the_build_hint(tmp_path,
+                                                                          bare_python):
+    """Upstream's sources installed without building them: `from detectron2 import _C` at
+    import (what the pb1-detectron2 sdist does, unpatched)."""
+    make_fake_torch(tmp_path)
+    package = make_fake_detectron2(tmp_path)
+    engine = package / "engine" / "__init__.py"
+    engine.write_text(engine.read_text() + "from detectron2 import _C\n")
+    result = _run_installer(python=bare_python, env=python_path_env(tmp_path))
+    assert result.returncode == 1
+    assert ("importing detectron2.engine raised ImportError: cannot import name '_C' from "
+            "'detectron2'") in result.stderr
+    assert "installed from source without building it" in result.stderr
+
+
+def test_a_fork_without_the_modules_compat_reads_is_refused_not_crashed(tmp_path, bare_python):
+    import shutil
+
+    make_fake_torch(tmp_path)
+    package = make_fake_detectron2(tmp_path)
+    shutil.rmtree(package / "utils" / "comm")
+    probe = installer.probe_detectron2(bare_python, env=python_path_env(tmp_path))
+    assert (probe.state, probe.flavour) == ("ok", "unknown")
+    assert [m.split(" ")[0] for m in probe.missing_apis] == [
+        "detectron2.utils.comm.get_local_rank", "detectron2.utils.comm._LOCAL_PROCESS_GROUP"]
+    assert decide_action(probe) == "refuse-missing-api"
+
+
 def _fake_world(tmp_path, version="0.5", flavour="main"):
     """A site folder with a foreign detectron2 installed as pip would (RECORD), and a fake torch
     in another folder: what the bare interpreter sees."""
