@@ -91,5 +91,6 @@ def require_detectron2(what: str) -> None:
     except ImportError as error:
         raise ImportError(
             f"{what} needs Detectron2, which cannot be imported here ({error}). Detectron2 is not "
-            "on PyPI: install it with `python tools/install_detectron2.py` (or `make setup`); see "
-            "the README section 'How Detectron2 is installed'.") from error
+            "on PyPI: `python -m resbackbones install-detectron2` builds v0.6 here (from a "
+            "checkout: `make setup`), or install upstream main from git; `python -m resbackbones "
+            "doctor` says what is found.") from error

@@ -117,7 +117,7 @@ def test_without_detectron2_the_import_works_and_says_what_is_missing():
                             timeout=300, cwd=REPO)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "resbackbones.modeling needs Detectron2" in result.stdout
-    assert "tools/install_detectron2.py" in result.stdout
+    assert "python -m resbackbones install-detectron2" in result.stdout
 
 
 def test_config_values_have_one_owner_and_one_message():
