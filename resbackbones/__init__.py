@@ -20,8 +20,15 @@ _DETECTRON2_IMPORT_ERROR = None
 if _detectron2_installed():
     import importlib as _importlib
 
+    import warnings as _warnings
+
     try:
-        _importlib.import_module("detectron2.modeling")  # Detectron2's own imports, first
+        with _warnings.catch_warnings():
+            # fvcore and Detectron2 (both flavours) decorate functions with torch.jit.script at
+            # import: two FutureWarnings on every command that the user can do nothing about.
+            _warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
+                                     category=FutureWarning)
+            _importlib.import_module("detectron2.modeling")  # Detectron2's own imports, first
     except Exception as _error:  # noqa: BLE001  (anything Detectron2's import raises)
         _DETECTRON2_IMPORT_ERROR = _error
     else:
