@@ -28,6 +28,8 @@ from .drawing import DRAW_PARTS, draw_detections
 from .examples import make_example_images
 from .images import ImageDecodeError
 from .photos import make_photo_examples
+from resbackbones.results_format import image_id_from_name
+
 from .predictor import DemoPredictor, Prediction
 from .results import (
     ONE_LABEL_IOU,
@@ -51,9 +53,12 @@ class DemoResult:
     """What the page shows for one request.
 
     Attributes:
-        image: the drawn RGB image, or ``None`` when the input could not be used.
-        rows: detections table rows (see :data:`~resbackbones.demo.results.TABLE_HEADERS`).
-        json_path: the COCO results file offered for download, or ``None``.
+        image: the drawn RGB image (on the copy decoding downscaled to the test size, for a
+            large upload), or ``None`` when the input could not be used.
+        rows: detections table rows (see :data:`~resbackbones.demo.results.TABLE_HEADERS`),
+            in the upload's pixels.
+        json_path: the results file offered for download (``resbackbones.results_format``, in
+            the upload's pixels), or ``None``.
         message: Markdown status line: model, device, timings, counts, or what went wrong.
         error: ``True`` when ``message`` explains a failure (the page also raises a warning).
         prediction: the raw prediction, kept so that threshold/class changes only redraw.
@@ -191,8 +196,8 @@ class DetectionDemo:
         Args:
             prediction: from :meth:`detect` (``None``: nothing to render yet).
             model_name, score_threshold, classes, parts, one_label: as in :meth:`detect`.
-            image_stem: used in the JSON file name and, when it is a number (COCO file names),
-                as the ``image_id``.
+            image_stem: used in the JSON file name and as the ``image_id``
+                (``results_format.image_id_from_name``: an int for a COCO file name).
 
         Returns:
             The result.
@@ -212,16 +217,17 @@ class DetectionDemo:
         start = time.perf_counter()
         drawn = draw_detections(prediction.image, kept, names, parts)
         draw_time = time.perf_counter() - start
-        image_id = int(image_stem) if image_stem.isdigit() else 0
-        results = coco_results(kept, image_id,
-                               predictor.metadata.get("thing_dataset_id_to_contiguous_id", None))
+        # Drawn on the decoded copy; reported in the upload's pixels.
+        results = coco_results(kept, image_id_from_name(image_stem),
+                               predictor.metadata.get("thing_dataset_id_to_contiguous_id", None),
+                               names, prediction.input_size)
         json_path = write_coco_json(results, os.path.join(
             self.output_dir, f"detections_{image_stem}_{uuid.uuid4().hex[:8]}.json"))
         timings = dict(prediction.timings, drawing=draw_time)
         message = _status_message(predictor, prediction, len(kept), score_threshold, classes,
                                   timings, duplicates)
-        return DemoResult(drawn, detection_rows(kept, names), json_path, message,
-                          prediction=prediction, timings=timings)
+        return DemoResult(drawn, detection_rows(kept, names, prediction.input_size), json_path,
+                          message, prediction=prediction, timings=timings)
 
 
 def _upload_bytes(upload: Any) -> Tuple[Any, str]:
@@ -266,7 +272,7 @@ def _status_message(predictor: DemoPredictor, prediction: Prediction, shown: int
                     score_threshold: float, classes: Optional[Sequence[str]],
                     timings: Mapping[str, float], duplicates: int = 0) -> str:
     total = len(prediction.instances)
-    height, width = prediction.image.shape[:2]
+    height, width = prediction.input_size
     lines = [
         f"**Model:** {predictor.name} · **Device:** {predictor.device} · "
         f"**Time:** pre-processing {_ms(timings.get('preprocess', 0))}, "
@@ -287,8 +293,9 @@ def _status_message(predictor: DemoPredictor, prediction: Prediction, shown: int
     else:
         lines.append("**No detections**: the model found nothing in this image.")
     for note in prediction.notes:
-        lines.append(f"Note: {note}" + ("; boxes and masks are in the downscaled image's pixels."
-                                        if note.startswith("downscaled") else "."))
+        lines.append(f"Note: {note}" + ("; drawn at that size, the table and the JSON are in "
+                                        "the original's pixels." if note.startswith("downscaled")
+                                        else "."))
     return "  \n".join(lines)
 
 
@@ -366,7 +373,7 @@ def build_app(
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as app:
         gr.Markdown(f"# {title}\nDrop an image (or pick an example). Boxes, labels and instance "
                     "masks are drawn; the table and the COCO-style JSON list the detections "
-                    "shown.")
+                    "shown, in the uploaded image's pixels.")
         state = gr.State(None, time_to_live=1800)
         with gr.Row():
             with gr.Column(scale=1):

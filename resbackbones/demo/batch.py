@@ -1,9 +1,11 @@
 """Run a predictor over files, folders, globs and videos, writing drawings and COCO JSON.
 
 The library side of ``tools/demo.py`` (Detectron2's demo style): for each image
-``<output>/<name>.png`` (the drawing) and ``<output>/<name>.json`` (COCO results); for a video
-``<output>/<name>.mp4`` and one JSON whose ``image_id`` is the frame index. A file that fails to
-decode is reported and skipped; the run goes on.
+``<output>/<name>.png`` (the drawing) and ``<output>/<name>.json`` (the records of
+:mod:`resbackbones.results_format`: COCO results plus ``class_name``); for a video
+``<output>/<name>.mp4`` and one JSON whose ``image_id`` is the frame index. Images are decoded at
+full size, so drawings, boxes and masks are in the input's pixels and equal Detectron2's
+``DefaultPredictor``'s. A file that fails to decode is reported and skipped; the run goes on.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from tqdm import tqdm
 
 from resbackbones._requirements import require_extra
 from resbackbones.modeling.serving import SERVING_COMPILE_CHOICES
+from resbackbones.results_format import ImageId, image_id_from_name
 
 from .drawing import draw_detections
 from .images import ImageDecodeError
@@ -42,10 +45,11 @@ Detectron2's ``demo/demo.py`` style::
         --input datasets/synthetic_shapes/val 'photos/*.jpg' clip.mp4 --output output/demo \\
         --confidence-threshold 0.5 --opts MODEL.WEIGHTS output/quickstart/model_final.pth
 
-For each image ``<output>/<name>.png`` and ``<output>/<name>.json`` (COCO results); for a video
-``<output>/<name>.mp4`` and ``<output>/<name>.json`` (``image_id`` = frame index). An ONNX export
-(tools/export_model.py) runs without Detectron2: ``tools/demo.py --onnx MODEL_DIR --input ...
---output ...``."""
+For each image ``<output>/<name>.png`` and ``<output>/<name>.json`` (COCO results plus
+``class_name``, in the input's pixels; ``image_id``: the file stem, an int when it is all digits);
+for a video ``<output>/<name>.mp4`` and ``<output>/<name>.json`` (``image_id`` = frame index). An
+ONNX export (tools/export_model.py) runs without Detectron2 and writes the same JSON:
+``tools/demo.py --onnx MODEL_DIR --input ... --output ...``."""
 
 logger = logging.getLogger(__name__)
 
@@ -82,17 +86,14 @@ def expand_inputs(inputs: Sequence[str]) -> List[str]:
     return files
 
 
-def _image_id(path: str, index: int) -> int:
-    stem = os.path.splitext(os.path.basename(path))[0]
-    return int(stem) if stem.isdigit() else index
-
-
 def run_on_image_file(predictor: DemoPredictor, path: str, output_dir: str,
-                      score_threshold: float = 0.5, image_id: int = 0,
+                      score_threshold: float = 0.5, image_id: Optional[ImageId] = None,
                       cross_class_iou: Optional[float] = None) -> List[str]:
-    """Predict on one image file; write ``<stem>.png`` (drawing) and ``<stem>.json``.
+    """Predict on one image file at its full size; write ``<stem>.png`` (drawing) and
+    ``<stem>.json``, both in the file's pixels.
 
-    ``cross_class_iou``: see :func:`~resbackbones.demo.results.filter_instances`.
+    ``image_id``: written in the JSON (default: ``results_format.image_id_from_name`` of the
+    file). ``cross_class_iou``: see :func:`~resbackbones.demo.results.filter_instances`.
 
     Returns:
         The two written paths.
@@ -100,7 +101,7 @@ def run_on_image_file(predictor: DemoPredictor, path: str, output_dir: str,
     Raises:
         ImageDecodeError: the file is not a usable image.
     """
-    prediction = predictor(path, name=os.path.basename(path))
+    prediction = predictor(path, name=os.path.basename(path), full_size=True)
     kept = filter_instances(prediction.instances, score_threshold,
                             cross_class_iou=cross_class_iou)
     drawn = draw_detections(prediction.image, kept, predictor.class_names)
@@ -109,8 +110,9 @@ def run_on_image_file(predictor: DemoPredictor, path: str, output_dir: str,
     image_path = os.path.join(output_dir, f"{stem}.png")
     Image.fromarray(drawn).save(image_path)
     mapping = predictor.metadata.get("thing_dataset_id_to_contiguous_id", None)
-    json_path = write_coco_json(coco_results(kept, image_id, mapping),
-                                os.path.join(output_dir, f"{stem}.json"))
+    records = coco_results(kept, image_id_from_name(path) if image_id is None else image_id,
+                           mapping, predictor.class_names, prediction.input_size)
+    json_path = write_coco_json(records, os.path.join(output_dir, f"{stem}.json"))
     logger.info(f"{path}: {len(kept)} detections, {prediction.timings['model'] * 1000:.0f} ms "
                 f"in the model")
     return [image_path, json_path]
@@ -156,7 +158,7 @@ def run_on_video(predictor: DemoPredictor, path: str, output_dir: str,
                 writer = cv2.VideoWriter(video_path, fourcc, fps, (drawn.shape[1],
                                                                    drawn.shape[0]))
             writer.write(np.ascontiguousarray(drawn[:, :, ::-1]))
-            results.extend(coco_results(kept, index, mapping))
+            results.extend(coco_results(kept, index, mapping, predictor.class_names))
     finally:
         capture.release()
         if writer is not None:
@@ -179,7 +181,7 @@ def run_on_inputs(predictor: DemoPredictor, inputs: Iterable[str], output_dir: s
     """
     files = expand_inputs(list(inputs))
     summary = BatchSummary()
-    for index, path in enumerate(tqdm(files, desc="demo", unit="file")):
+    for path in tqdm(files, desc="demo", unit="file"):
         try:
             if _is_video(path):
                 summary.written += run_on_video(predictor, path, output_dir, score_threshold,
@@ -187,8 +189,8 @@ def run_on_inputs(predictor: DemoPredictor, inputs: Iterable[str], output_dir: s
                 continue
             try:
                 summary.written += run_on_image_file(predictor, path, output_dir,
-                                                     score_threshold, _image_id(path, index),
-                                                     cross_class_iou)
+                                                     score_threshold,
+                                                     cross_class_iou=cross_class_iou)
             except ImageDecodeError as image_error:
                 try:
                     summary.written += run_on_video(predictor, path, output_dir,

@@ -69,12 +69,20 @@ def inference_size(width: int, height: int, min_size: int, max_size: int) -> Tup
     Returns:
         (width, height) after resizing.
     """
-    scale = 1.0
+    # Detectron2's arithmetic step by step (ResizeShortestEdge.get_output_shape): the shorter
+    # side set exactly, then both sides scaled; a size computed another way can round one pixel
+    # off, and the model would then see other pixels than Detectron2's DefaultPredictor feeds it.
+    new_width, new_height = float(width), float(height)
     if min_size > 0:
-        scale = min_size / min(width, height)
-    if max_size > 0 and max(width, height) * scale > max_size:
-        scale = max_size / max(width, height)
-    return max(1, int(width * scale + 0.5)), max(1, int(height * scale + 0.5))
+        scale = min_size * 1.0 / min(width, height)
+        if height < width:
+            new_height, new_width = float(min_size), scale * width
+        else:
+            new_height, new_width = scale * height, float(min_size)
+    if max_size > 0 and max(new_height, new_width) > max_size:
+        scale = max_size * 1.0 / max(new_height, new_width)
+        new_height, new_width = new_height * scale, new_width * scale
+    return max(1, int(new_width + 0.5)), max(1, int(new_height + 0.5))
 
 
 def _scale_wide_to_uint8(image: Image.Image) -> Tuple[np.ndarray, str]:
@@ -179,8 +187,11 @@ def decode_image(
         max_size: ``(min_size, max_size)`` of the model's test-time resize
             (``INPUT.MIN_SIZE_TEST``, ``INPUT.MAX_SIZE_TEST``). An image larger than that size
             is downscaled to it while decoding (JPEG decodes directly at a reduced scale), so a
-            huge photo never becomes a huge array, and the model sees what it would have seen.
-            ``None`` keeps the full size.
+            huge photo never becomes a huge array: the size Detectron2's resize gives, with the
+            same bilinear filter, so that the model sees the pixels it would have seen (for a
+            reduction under 3x and no JPEG draft: the same pixels). ``original_size`` keeps
+            the input's size, to map detections back to its pixels. ``None`` keeps the full
+            size.
         name: how to refer to the input in error messages (never a server path).
 
     Returns:

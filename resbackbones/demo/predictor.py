@@ -7,6 +7,11 @@ class names even when the training dataset is not registered, and must not crash
 ``MODEL.DEVICE: cuda`` of a CPU-only machine. The pre-processing is the same as
 ``DefaultPredictor``'s (test-time ``ResizeShortestEdge``, ``INPUT.FORMAT`` channel order), so the
 detections are identical; a test checks it.
+
+Pixels: the web page decodes an upload at most at the model's test size (memory on huge uploads;
+it draws on that copy), the CLI decodes at full size. Either way :attr:`Prediction.input_size`
+is the input's size and the results (``results.coco_results``, ``results.detection_rows``) are
+in the input's pixels, as ``DefaultPredictor``'s (``tests/test_results_in_input_pixels.py``).
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from resbackbones.config import build_config
 from resbackbones.engine.class_names import read_class_names
 from resbackbones.engine.devices import resolve_device
 from resbackbones.model_zoo_files import resolve_config_file
+from resbackbones.results_format import generic_class_names
 from resbackbones.modeling.serving import (
     check_serving_compile,
     default_buckets,
@@ -120,18 +126,30 @@ class Prediction:
     """The model's output on one image, kept on the CPU.
 
     Attributes:
-        image: the RGB ``uint8`` image the model saw (after any downscaling at decode time);
-            boxes and masks are in its pixel coordinates.
+        image: the RGB ``uint8`` image the model ran on: the input, or the copy decoding
+            downscaled to the test size (:meth:`DemoPredictor.decode`); drawings go on it.
         instances: Detectron2 ``Instances`` (``pred_boxes``, ``scores``, ``pred_classes``,
-            optionally ``pred_masks``) on the CPU.
+            optionally ``pred_masks``) on the CPU, in the pixels of ``image``.
         timings: seconds spent per stage (``"preprocess"``, ``"model"``).
         notes: remarks from decoding (downscaled, 16-bit scaled, ...).
+        input_size: (height, width) of the input image (default: ``image``'s); results map
+            the instances to it (``results.coco_results``, ``results.detection_rows``).
     """
 
     image: np.ndarray
     instances: Instances
     timings: Dict[str, float] = field(default_factory=dict)
     notes: Tuple[str, ...] = ()
+    input_size: Optional[Tuple[int, int]] = None
+
+    def __post_init__(self) -> None:
+        if self.input_size is None:
+            self.input_size = (int(self.image.shape[0]), int(self.image.shape[1]))
+
+    @property
+    def downscaled(self) -> bool:
+        """Whether ``image`` (and the instances) are smaller than the input image."""
+        return tuple(self.image.shape[:2]) != tuple(self.input_size)
 
 
 class _ReportingCheckpointer(ResBackboneCheckpointer):
@@ -153,7 +171,8 @@ class DemoPredictor:
         name: display name of the model.
         class_names: overrides the class names (else: the ``class_names.json`` saved by
             training next to ``MODEL.WEIGHTS``, then a ``thing_classes`` list stored in the
-            checkpoint, then metadata of ``DATASETS.TEST[0]`` if registered, then ``"class N"``).
+            checkpoint, then metadata of ``DATASETS.TEST[0]`` if registered, then
+            ``"class_N"``).
         allow_partial_weights: load a checkpoint that misses some of the model's parameters
             (they stay randomly initialised). Off by default: such a model shows garbage.
         dataset_id_to_contiguous_id: the dataset's category ids, for COCO results JSON (else:
@@ -266,7 +285,7 @@ class DemoPredictor:
                 return names
             logger.warning(f"{self.name}: {len(names)} class names from {source} but the model "
                            f"has {num_classes} classes; ignoring them.")
-        return [f"class {i}" for i in range(num_classes or 0)]
+        return generic_class_names(num_classes or 0)
 
     def _build_metadata(self, mapping: Optional[Mapping[int, int]]) -> Metadata:
         metadata = Metadata(name=f"resbackbones_demo_{self.name}")
@@ -286,8 +305,20 @@ class DemoPredictor:
                 metadata.thing_dataset_id_to_contiguous_id = dict(mapping)
         return metadata
 
-    def decode(self, source: Any, name: str = "The file") -> DecodedImage:
-        """Decode an upload for this model, downscaling anything larger than its test size."""
+    def decode(self, source: Any, name: str = "The file", full_size: bool = False) -> DecodedImage:
+        """Decode an upload or file for this model.
+
+        Args:
+            source: bytes, a path or a Pillow image.
+            name: how error messages call it.
+            full_size: keep the input's size (the CLI: drawings in the input's pixels, the
+                model's input exactly ``DefaultPredictor``'s). By default anything larger than
+                the test size is downscaled to it while decoding (the web page: a huge upload
+                never becomes a huge array); the model sees the same size either way, and
+                ``original_size`` lets the results report in the input's pixels.
+        """
+        if full_size:
+            return decode_image(source, name=name)
         min_size, max_size = self.test_size
         return decode_image(source, max_size=(min_size, max_size or 1333), name=name)
 
@@ -299,12 +330,16 @@ class DemoPredictor:
             image: an RGB ``uint8`` array (H, W, 3) or a :class:`DecodedImage`.
 
         Returns:
-            The prediction, with instances on the CPU in the image's pixel coordinates.
+            The prediction, with instances on the CPU in the pixels of the array given (for a
+            downscaled :class:`DecodedImage`: of its ``rgb``; ``input_size`` is then its
+            ``original_size``).
         """
         start = time.perf_counter()
         notes: Tuple[str, ...] = ()
+        input_size = None
         if isinstance(image, DecodedImage):
-            notes, image = image.notes, image.rgb
+            width, height = image.original_size
+            notes, image, input_size = image.notes, image.rgb, (int(height), int(width))
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"Expected an RGB uint8 array (H, W, 3), got {image.dtype} "
                              f"{image.shape}.")
@@ -324,12 +359,15 @@ class DemoPredictor:
                              "the demo draws instance detections only.")
         instances = outputs["instances"].to("cpu")
         return Prediction(image=image, instances=instances, notes=notes,
-                          timings={"preprocess": preprocess, "model": model_time})
+                          timings={"preprocess": preprocess, "model": model_time},
+                          input_size=input_size)
 
-    def __call__(self, source: Any, name: str = "The file") -> Prediction:
-        """Decode ``source`` (bytes, path or Pillow image) and predict, timing both."""
+    def __call__(self, source: Any, name: str = "The file", full_size: bool = False
+                 ) -> Prediction:
+        """Decode ``source`` (bytes, path or Pillow image; ``full_size``: see :meth:`decode`)
+        and predict, timing both."""
         start = time.perf_counter()
-        decoded = self.decode(source, name=name)
+        decoded = self.decode(source, name=name, full_size=full_size)
         decode_time = time.perf_counter() - start
         prediction = self.predict(decoded)
         prediction.timings["preprocess"] += decode_time

@@ -1,21 +1,27 @@
 """Turn a prediction into what a user reads or downloads: filtered detections, table rows and
-COCO-style results JSON.
+results JSON, in the input image's pixels.
 
-The JSON follows the COCO results format that ``pycocotools``' ``COCO.loadRes`` and Detectron2's
-``COCOEvaluator`` read: one dict per detection with ``image_id``, ``category_id``, ``bbox``
-(x, y, width, height), ``score`` and, for instance masks, ``segmentation`` as compressed RLE.
+The JSON is :mod:`resbackbones.results_format`'s (COCO results plus ``class_name``), the one the
+ONNX runner writes too. A prediction on a copy that decoding downscaled (the web page) is mapped
+to the input's pixels here: boxes scaled by input/copy size, each mask resized to the input's
+size (bilinear, threshold 0.5) one at a time when it is encoded.
 """
 from __future__ import annotations
 
-import json
-import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
-import pycocotools.mask as mask_util
 import torch
 import torchvision
 from detectron2.structures import Instances
+from PIL import Image
+
+from resbackbones.results_format import (
+    ImageId,
+    class_name,
+    detection_records,
+    write_records,
+)
 
 __all__ = [
     "ONE_LABEL_IOU",
@@ -23,10 +29,12 @@ __all__ = [
     "coco_results",
     "detection_rows",
     "filter_instances",
+    "input_boxes",
+    "input_masks",
     "write_coco_json",
 ]
 
-# Columns of the detections table; boxes are corners in pixels of the image shown.
+# Columns of the detections table; boxes are corners in the input image's pixels.
 TABLE_HEADERS = ["class", "score", "x0", "y0", "x1", "y1"]
 
 # "One label per object" (the web demo's default, the CLI demo's --one-label-per-object): a
@@ -74,61 +82,86 @@ def filter_instances(
     return kept[survivors.sort().values]
 
 
-def detection_rows(instances: Instances, class_names: Sequence[str]) -> List[List[Any]]:
-    """One row per detection: class name, score (3 decimals), x0, y0, x1, y1 (1 decimal)."""
+def input_boxes(instances: Instances,
+                input_size: Optional[Tuple[int, int]] = None) -> np.ndarray:
+    """(N, 4) ``x0, y0, x1, y1`` boxes in the input's pixels (float64).
+
+    Args:
+        instances: predictions in the pixels of an image of ``instances.image_size``.
+        input_size: (height, width) of the input, when that image is a downscaled copy of it
+            (``Prediction.input_size``); ``None``: the same image.
+    """
+    boxes = instances.pred_boxes.tensor.numpy().astype(np.float64).reshape(-1, 4)
+    height, width = instances.image_size
+    if input_size is not None and tuple(input_size) != (height, width):
+        boxes[:, 0::2] *= input_size[1] / width
+        boxes[:, 1::2] *= input_size[0] / height
+    return boxes
+
+
+def input_masks(instances: Instances,
+                input_size: Optional[Tuple[int, int]] = None) -> Iterator[np.ndarray]:
+    """Each instance's boolean mask in the input's pixels, one at a time.
+
+    A mask predicted on a downscaled copy is resized to ``input_size`` bilinearly and
+    thresholded at 0.5, so its outline is the copy's outline scaled, not a staircase; the full
+    size masks never exist all at once (a 50-megapixel upload with 100 detections would be
+    5 GB of them).
+    """
+    height, width = instances.image_size
+    resize = input_size is not None and tuple(input_size) != (height, width)
+    for mask in instances.pred_masks.numpy():
+        if not resize:
+            yield mask.astype(bool)
+            continue
+        pixels = Image.fromarray(mask.astype(np.uint8) * 255)
+        resized = pixels.resize((int(input_size[1]), int(input_size[0])), Image.BILINEAR)
+        yield np.asarray(resized) >= 128
+
+
+def detection_rows(instances: Instances, class_names: Sequence[str],
+                   input_size: Optional[Tuple[int, int]] = None) -> List[List[Any]]:
+    """One row per detection: class name, score (3 decimals), x0, y0, x1, y1 (1 decimal), in
+    the input's pixels (``input_size``: see :func:`input_boxes`)."""
     rows = []
-    boxes = instances.pred_boxes.tensor.tolist()
+    boxes = input_boxes(instances, input_size).tolist()
     for cls, score, box in zip(instances.pred_classes.tolist(), instances.scores.tolist(), boxes):
-        name = class_names[cls] if 0 <= cls < len(class_names) else f"class {cls}"
-        rows.append([name, round(score, 3)] + [round(v, 1) for v in box])
+        rows.append([class_name(class_names, cls), round(score, 3)] + [round(v, 1) for v in box])
     return rows
 
 
 def coco_results(
     instances: Instances,
-    image_id: int = 0,
+    image_id: ImageId = 0,
     dataset_id_to_contiguous_id: Optional[Mapping[int, int]] = None,
+    class_names: Optional[Sequence[str]] = None,
+    input_size: Optional[Tuple[int, int]] = None,
 ) -> List[Dict[str, Any]]:
-    """Detections as COCO results (what ``COCO.loadRes`` reads).
+    """Detections as :mod:`resbackbones.results_format` records (COCO results plus
+    ``class_name``, what ``COCO.loadRes`` reads), in the input's pixels.
 
     Args:
         instances: predictions on the CPU.
-        image_id: the ``image_id`` written in every entry.
+        image_id: the ``image_id`` written in every entry (``results_format.image_id_from_name``
+            of the file).
         dataset_id_to_contiguous_id: the dataset's category id mapping (Detectron2 metadata
             ``thing_dataset_id_to_contiguous_id``); when given, category ids are written as the
             dataset's ids, as ``COCOEvaluator`` does; otherwise the contiguous ids are written.
+        class_names: the name of each contiguous class id (default: ``class_<i>``).
+        input_size: (height, width) of the input when the instances are on a downscaled copy
+            of it (``Prediction.input_size``); boxes and masks are mapped to it.
 
     Returns:
-        A list of dicts with ``image_id``, ``category_id``, ``bbox`` (x, y, w, h), ``score`` and,
-        when the model predicts masks, ``segmentation`` (compressed RLE with a string ``counts``).
+        A list of dicts with ``image_id``, ``category_id``, ``class_name``, ``bbox``
+        (x, y, w, h), ``score`` and, when the model predicts masks, ``segmentation``
+        (compressed RLE with a string ``counts``).
     """
-    to_dataset_id = {v: k for k, v in (dataset_id_to_contiguous_id or {}).items()}
-    boxes = instances.pred_boxes.tensor.numpy().astype(np.float64)
-    rles = None
-    if instances.has("pred_masks"):
-        masks = instances.pred_masks.numpy().astype(np.uint8)
-        rles = [mask_util.encode(np.asfortranarray(m)) for m in masks]
-        for rle in rles:
-            rle["counts"] = rle["counts"].decode("utf-8")
-    results = []
-    for i, (cls, score) in enumerate(zip(instances.pred_classes.tolist(),
-                                         instances.scores.tolist())):
-        x0, y0, x1, y1 = boxes[i].tolist()
-        entry = {
-            "image_id": int(image_id),
-            "category_id": int(to_dataset_id.get(cls, cls)),
-            "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
-            "score": round(float(score), 5),
-        }
-        if rles is not None:
-            entry["segmentation"] = rles[i]
-        results.append(entry)
-    return results
+    masks = input_masks(instances, input_size) if instances.has("pred_masks") else None
+    return detection_records(input_boxes(instances, input_size), instances.scores.numpy(),
+                             instances.pred_classes.numpy(), class_names or (), image_id, masks,
+                             dataset_id_to_contiguous_id)
 
 
 def write_coco_json(results: List[Dict[str, Any]], path: str) -> str:
-    """Write COCO results to ``path`` (folders created) and return the path."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(results, f)
-    return path
+    """Write results records to ``path`` (folders created) and return the path."""
+    return write_records(results, path)

@@ -16,8 +16,9 @@ What the exported graph contains:
   (``PARALLEL_ROI_ALIGN``), channels-last layouts (``CHANNELS_LAST``), ``torch.compile``
   (``COMPILE``) and mixed precision (``INFERENCE_AMP``: the export is float32).
 
-The output folder holds the model, ``config.yaml``, ``model_meta.json`` (class names, input
-format and normalisation, output names, hashes) and a ``README.md`` of inputs and outputs.
+The output folder holds the model, ``config.yaml``, ``model_meta.json`` (class names and, when
+known, the data set's category ids, input format and normalisation, output names, hashes) and a
+``README.md`` of inputs and outputs.
 """
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ from resbackbones.deploy.onnx_runner import (
     preprocess,
 )
 from resbackbones.modeling.inference import fold_batchnorm
+from resbackbones.results_format import check_dataset_id_mapping, generic_class_names
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -63,6 +65,7 @@ __all__ = [
     "export_model",
     "load_export_model",
     "resolve_class_names",
+    "resolve_dataset_id_mapping",
     "sample_image",
     "with_export_settings",
 ]
@@ -232,7 +235,33 @@ def resolve_class_names(cfg: CfgNode, num_classes: int,
         weights) else None
     if saved is not None and len(saved.thing_classes) == num_classes:
         return list(saved.thing_classes), saved.path
-    return [f"class_{i}" for i in range(num_classes)], "generic (no registered dataset)"
+    return generic_class_names(num_classes), "generic (no registered dataset)"
+
+
+def resolve_dataset_id_mapping(cfg: CfgNode,
+                               class_names: Sequence[str]) -> Optional[Dict[int, int]]:
+    """The data set's category ids for ``class_names``, as the eager demo finds them, so that
+    the ONNX runner writes the same ``category_id`` (``resbackbones.results_format``).
+
+    Order: the ``class_names.json`` next to ``MODEL.WEIGHTS`` when its names are these; else the
+    first registered dataset of ``DATASETS.TEST``, then ``TRAIN``, whose ``thing_classes`` are
+    these and whose metadata has ``thing_dataset_id_to_contiguous_id``; else ``None`` (the
+    contiguous indices are written).
+    """
+    names = list(class_names)
+    weights = cfg.MODEL.WEIGHTS
+    saved = read_class_names(os.path.dirname(weights)) if weights and os.path.isfile(
+        weights) else None
+    if saved is not None and saved.thing_classes == names and \
+            saved.thing_dataset_id_to_contiguous_id:
+        return check_dataset_id_mapping(saved.thing_dataset_id_to_contiguous_id, len(names),
+                                        saved.path)
+    for dataset in list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN):
+        metadata = MetadataCatalog.get(dataset)
+        mapping = metadata.get("thing_dataset_id_to_contiguous_id", None)
+        if mapping and [str(n) for n in metadata.get("thing_classes", None) or []] == names:
+            return check_dataset_id_mapping(mapping, len(names), f"metadata of {dataset!r}")
+    return None
 
 
 def _num_classes(model: nn.Module) -> int:
@@ -543,7 +572,8 @@ def _output_specs(output_names: Sequence[str], mask_size: int) -> List[Dict[str,
 
 def _meta(cfg: CfgNode, model: nn.Module, fmt: str, method: str, model_file: str,
           output_names: Sequence[str], class_names: Sequence[str], class_source: str,
-          folded: int, opset: Optional[int]) -> Dict[str, Any]:
+          folded: int, opset: Optional[int],
+          dataset_ids: Optional[Dict[int, int]] = None) -> Dict[str, Any]:
     resbackbone = "RESBACKBONE" in cfg.MODEL
     mask_size = 2 * int(cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION)
     score_threshold = (cfg.MODEL.RETINANET.SCORE_THRESH_TEST if isinstance(model, RetinaNet)
@@ -561,6 +591,9 @@ def _meta(cfg: CfgNode, model: nn.Module, fmt: str, method: str, model_file: str
         "num_classes": _num_classes(model),
         "class_names": list(class_names),
         "class_names_source": class_source,
+        # data set category id (a string: JSON keys) -> contiguous class id; null when unknown
+        "thing_dataset_id_to_contiguous_id": None if dataset_ids is None else {
+            str(k): int(v) for k, v in sorted(dataset_ids.items())},
         "input": {
             "name": "image",
             "dtype": "float32",
@@ -724,6 +757,7 @@ def export_detector(model: nn.Module, cfg: CfgNode, output_dir: str, fmt: str = 
         for module in ("onnx", "onnxruntime"):
             require_extra("export", module, "ONNX export")
     names, class_source = resolve_class_names(cfg, _num_classes(model), class_names)
+    dataset_ids = resolve_dataset_id_mapping(cfg, names)
     os.makedirs(output_dir, exist_ok=True)
     model_path = os.path.join(output_dir, MODEL_FILES[fmt])
     rgb = sample_image(cfg) if image is None else image
@@ -759,7 +793,7 @@ def export_detector(model: nn.Module, cfg: CfgNode, output_dir: str, fmt: str = 
     with open(config_path, "w") as file:
         file.write(cfg.dump())
     meta = _meta(cfg, model, fmt, method, MODEL_FILES[fmt], output_names, names, class_source,
-                 folded, opset if fmt == "onnx" else None)
+                 folded, opset if fmt == "onnx" else None, dataset_ids)
     meta["model_sha256"] = file_sha256(model_path)
     meta["config_sha256"] = file_sha256(config_path)
     meta["sample"] = {"image_size": list(rgb.shape[:2]), "input_size": list(tensor.shape[1:]),

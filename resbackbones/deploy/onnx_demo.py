@@ -6,21 +6,28 @@ Used by ``tools/demo.py --onnx MODEL_DIR`` and runnable alone where Detectron2 i
         --output output/onnx_demo --confidence-threshold 0.5
 
 For each image ``<output>/<name>.png`` (boxes, masks and labels drawn with Pillow) and
-``<output>/<name>.json`` (``bbox`` as x, y, width, height; ``mask_area`` in pixels).
+``<output>/<name>.json``: the records of :mod:`resbackbones.results_format` (COCO results plus
+``class_name``, in the input's pixels, the data set's ``category_id`` when the export carries its
+mapping), the same JSON as the eager ``tools/demo.py`` writes for the same model and image.
 """
 from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import sys
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from resbackbones.deploy.onnx_runner import Detections, OnnxDetector
+from resbackbones.results_format import (
+    ImageId,
+    detection_records,
+    image_id_from_name,
+    write_records,
+)
 
 __all__ = ["IMAGE_EXTENSIONS", "detections_json", "draw_detections", "expand_images", "main",
            "run_onnx_demo"]
@@ -57,18 +64,13 @@ def draw_detections(rgb: np.ndarray, detections: Detections) -> np.ndarray:
     return np.asarray(canvas)
 
 
-def detections_json(detections: Detections, image_name: str) -> List[dict]:
-    """One record per detection: image, class id and name, score, bbox (x, y, w, h)."""
-    records = []
-    for index, (x0, y0, x1, y1) in enumerate(detections.boxes.tolist()):
-        record = {"image": image_name, "category_id": int(detections.classes[index]),
-                  "class_name": detections.labels[index],
-                  "score": round(float(detections.scores[index]), 5),
-                  "bbox": [round(v, 2) for v in (x0, y0, x1 - x0, y1 - y0)]}
-        if detections.masks is not None:
-            record["mask_area"] = int(detections.masks[index].sum())
-        records.append(record)
-    return records
+def detections_json(detections: Detections, image_id: ImageId,
+                    dataset_id_to_contiguous_id: Optional[Dict[int, int]] = None) -> List[dict]:
+    """The runner's detections as :mod:`resbackbones.results_format` records (already in the
+    input's pixels); ``dataset_id_to_contiguous_id``: ``OnnxDetector``'s, from the export."""
+    return detection_records(detections.boxes, detections.scores, detections.classes,
+                             detections.class_names, image_id, detections.masks,
+                             dataset_id_to_contiguous_id)
 
 
 def expand_images(inputs: Sequence[str]) -> List[str]:
@@ -112,8 +114,8 @@ def run_onnx_demo(model_dir: str, inputs: Sequence[str], output_dir: str,
         detections = detector(rgb)
         png, record = (os.path.join(output_dir, name + ext) for ext in (".png", ".json"))
         Image.fromarray(draw_detections(rgb, detections)).save(png)
-        with open(record, "w") as file:
-            json.dump(detections_json(detections, os.path.basename(path)), file, indent=1)
+        write_records(detections_json(detections, image_id_from_name(path),
+                                      detector.dataset_id_to_contiguous_id), record)
         written += [png, record]
     return written, failed
 

@@ -13,7 +13,10 @@ model (``tests/test_export.py`` checks it):
   map, only within one pixel around the box) and threshold it at 0.5.
 
 The folder written by ``tools/export_model.py`` holds ``model.onnx`` and ``model_meta.json``;
-:class:`OnnxDetector` refuses a model file that is not the one the meta file describes.
+:class:`OnnxDetector` refuses a model file that is not the one the meta file describes. The meta
+file's ``thing_dataset_id_to_contiguous_id`` (present when the export knew the data set's category
+ids) gives the ``category_id`` of :mod:`resbackbones.results_format`'s records, so that this
+runner's JSON equals the eager demo's.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from resbackbones._requirements import require_extra
+from resbackbones.results_format import check_dataset_id_mapping, class_name
 
 __all__ = [
     "META_FILE",
@@ -38,6 +42,7 @@ __all__ = [
     "load_rgb",
     "read_meta",
     "check_model_matches_meta",
+    "dataset_id_mapping",
     "paste_masks",
     "postprocess",
     "preprocess",
@@ -83,8 +88,7 @@ class Detections:
     @property
     def labels(self) -> List[str]:
         """The class name of each detection."""
-        return [self.class_names[c] if 0 <= c < len(self.class_names) else f"class_{c}"
-                for c in self.classes.tolist()]
+        return [class_name(self.class_names, c) for c in self.classes.tolist()]
 
     def select(self, keep: np.ndarray) -> "Detections":
         """A copy with only the detections where ``keep`` (a bool mask or indices) is set."""
@@ -237,6 +241,22 @@ def read_meta(model_dir: str) -> Dict[str, Any]:
     return meta
 
 
+def dataset_id_mapping(meta: Dict[str, Any], source: str = META_FILE) -> Optional[Dict[int, int]]:
+    """The data set id → contiguous class id mapping of an export (``None`` when the export did
+    not know one: the records then carry the contiguous class indices).
+
+    Raises:
+        ModelMismatchError: the mapping does not give each class exactly one id.
+    """
+    raw = meta.get("thing_dataset_id_to_contiguous_id")
+    if not raw:
+        return None
+    try:
+        return check_dataset_id_mapping(raw, int(meta["num_classes"]), source)
+    except ValueError as error:
+        raise ModelMismatchError(f"{error} Re-export the model.") from None
+
+
 def check_model_matches_meta(model_dir: str, meta: Dict[str, Any]) -> str:
     """Check the folder's model file against its meta file; returns the model's path.
 
@@ -263,6 +283,7 @@ def check_model_matches_meta(model_dir: str, meta: Dict[str, Any]) -> str:
         raise ModelMismatchError(
             f"{meta_path}: {len(names)} class names for a model with {meta['num_classes']} "
             "classes; give one name per class (or re-export with --class-names).")
+    dataset_id_mapping(meta, meta_path)
     config_name = meta.get("config_file")
     config_path = os.path.join(model_dir, config_name) if config_name else ""
     if config_path and os.path.isfile(config_path) and (
@@ -303,6 +324,8 @@ class OnnxDetector:
                 f"{model_path} has inputs {graph_inputs} and outputs {graph_outputs}; "
                 f"{META_FILE} describes {[self.meta['input']['name']]} and {expected_outputs}.")
         self.class_names: List[str] = list(self.meta["class_names"])
+        # The data set's category ids (results_format's category_id), when the export knew them.
+        self.dataset_id_to_contiguous_id = dataset_id_mapping(self.meta)
         self.score_threshold = score_threshold
 
     def run_model(self, model_input: np.ndarray) -> Dict[str, np.ndarray]:
