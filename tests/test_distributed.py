@@ -3,20 +3,28 @@
 The multi-process tests run real Gloo jobs on 127.0.0.1 (one or two "machines" on this host),
 each a few iterations of Mask R-CNN R18-FPN (masks off) on a tiny synthetic set. World size 2
 everywhere, the same seed and data: every launcher must train the very same model as
-``--num-gpus 2`` (identical final weights and logged losses). Each prints its wall time.
+``--num-gpus 2`` (identical final weights and logged losses). Each prints its wall time, and
+every process must end cleanly (status 0, no "terminate called"). How the jobs are run and
+where their ports come from: tests/distributed_jobs.py (also behind `make stress`).
 """
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
+from distributed_jobs import (
+    SLURM_JOIN,
+    TIMEOUT_S,
+    clean_environment,
+    run_together,
+    run_with_fresh_port,
+    slurm_task_environments,
+)
 
 from resbackbones.engine.distributed import (
     DEFAULT_MASTER_PORT,
@@ -35,7 +43,6 @@ RUN = ["INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "128",
        "DATASETS.TRAIN", "('dist_train',)", "DATASETS.TEST", "()", "MODEL.MASK_ON", "False",
        "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.IMS_PER_BATCH", "2",
        "MODEL.DEVICE", "cpu", "SEED", "7"]
-TIMEOUT_S = 600  # generous: CI machines are sometimes shared (a run at load 4-5 needed > 300 s)
 
 
 # --- SLURM host lists and launch environments (no processes) ---------------------------------
@@ -133,18 +140,28 @@ def test_train_net_refuses_num_gpus_inside_torchrun_before_starting_anything(mon
         launch_module.run(["--config-file", str(REPO / QUICK), "--num-gpus", "2"])
 
 
+def test_one_machine_leaves_the_port_to_the_system_and_several_keep_the_url(monkeypatch):
+    """--num-gpus 2 with Detectron2's default --dist-url (one fixed port per user, which a stray
+    worker of an earlier run can still hold) reaches launch() as None: the parent then hosts the
+    rendezvous on a port the system picks. Several machines keep the URL they were all given."""
+    from resbackbones.engine import launch as launch_module
+
+    calls = []
+    monkeypatch.setattr(launch_module, "launch", lambda *args, **kwargs: calls.append(kwargs))
+    common = ["--config-file", str(REPO / QUICK), "MODEL.DEVICE", "cpu"]
+    launch_module.run(["--num-gpus", "2", *common])
+    launch_module.run(["--num-gpus", "2", "--dist-url", "auto", *common])
+    url = "tcp://10.1.2.3:40000"
+    launch_module.run(["--num-machines", "2", "--machine-rank", "1", "--dist-url", url, *common])
+    assert [call["dist_url"] for call in calls] == [None, None, url]
+
+
 def test_backend_follows_the_runs_device():
     assert process_group_backend("cuda") == process_group_backend("cuda:1") == "nccl"
     assert process_group_backend("cpu") == "gloo"
 
 
 # --- real multi-process jobs ------------------------------------------------------------------
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def data_flags(tmp_path_factory):
@@ -157,44 +174,18 @@ def data_flags(tmp_path_factory):
     return ["--dataset", f"dist_train={json_file}:{image_root}"]
 
 
-def _environment() -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SLURM_", "TORCHELASTIC_")) and k not in (
-               "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
-               "MASTER_PORT", "GROUP_RANK")}
-    return {**env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
 def _train_net(data_flags, output_dir, *flags, extra=()):
     return ["tools/train_net.py", *flags, "--config-file", QUICK, *data_flags, *RUN,
             *extra, "OUTPUT_DIR", str(output_dir)]
 
 
 def _run_all(commands, label):
-    """Start the commands together (the "machines"), wait for all; print the wall time."""
-    start = time.perf_counter()
-    # Output to files, not pipes: waiting on one process while another fills its 64 KiB pipe
-    # would block that one, and with it the collective both are in.
-    files = [tempfile.TemporaryFile("w+") for _ in commands]
-    processes = [subprocess.Popen(command, cwd=REPO, env=_environment(), text=True,
-                                  stdout=file, stderr=subprocess.STDOUT)
-                 for command, file in zip(commands, files)]
-    try:
-        for process in processes:
-            process.wait(timeout=TIMEOUT_S)
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-    outputs = []
-    for file in files:
-        file.seek(0)
-        outputs.append(file.read())
-        file.close()
-    print(f"{label}: {time.perf_counter() - start:.1f} s wall")
-    for process, output in zip(processes, outputs):
-        assert process.returncode == 0, output[-4000:]
-    return outputs
+    """Start the commands together (the "machines"), wait for all; print the wall time; each
+    must end cleanly (exit status 0, no "terminate called")."""
+    result = run_together(commands)
+    print(f"{label}: {result.seconds:.1f} s wall")
+    assert not result.problems(), result.report()
+    return result.outputs
 
 
 def _final_weights(output_dir) -> dict:
@@ -249,21 +240,39 @@ def test_torchrun_standalone_equals_num_gpus_2(data_flags, num_gpus_2_run, tmp_p
 
 @pytest.mark.slow
 def test_two_machines_through_detectron2_flags(data_flags, num_gpus_2_run, tmp_path):
-    url = f"tcp://127.0.0.1:{_free_port()}"
-    machines = [[sys.executable, *_train_net(
-        data_flags, tmp_path / f"machine{rank}", "--num-machines", "2", "--machine-rank",
-        str(rank), "--dist-url", url)] for rank in (0, 1)]
-    _run_all(machines, "2 machines x 1 process, Detectron2 flags")
+    # Both machines need the URL before either starts, and machine 0 binds its port (as on a
+    # cluster): a port the system just handed out, retried on a collision (distributed_jobs).
+    def machines(port):
+        return [[sys.executable, *_train_net(
+            data_flags, tmp_path / f"machine{rank}", "--num-machines", "2", "--machine-rank",
+            str(rank), "--dist-url", f"tcp://127.0.0.1:{port}")] for rank in (0, 1)], None
+
+    result = run_with_fresh_port(machines)
+    print(f"2 machines x 1 process, Detectron2 flags: {result.seconds:.1f} s wall")
+    assert not result.problems(), result.report()
     _assert_one_set_of_checkpoints(tmp_path / "machine0", tmp_path / "machine1")
     _assert_same_training(tmp_path / "machine0", num_gpus_2_run)
 
 
+@pytest.fixture
+def rendezvous_store():
+    """A TCPStore this test process hosts on a port the system picks (port 0), kept until the
+    test ends: torchrun's c10d rendezvous on it needs no port chosen in advance. Both agents are
+    its clients (``is_host=0``); rank 0's agent then hosts the workers' store on port 0 too."""
+    import torch.distributed as dist
+
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
+                          timeout=timedelta(seconds=TIMEOUT_S))
+    yield f"127.0.0.1:{store.port}"
+    del store
+
+
 @pytest.mark.slow
-def test_two_machines_through_torchrun_c10d_rendezvous(data_flags, num_gpus_2_run, tmp_path):
-    endpoint = f"127.0.0.1:{_free_port()}"
+def test_two_machines_through_torchrun_c10d_rendezvous(data_flags, num_gpus_2_run, tmp_path,
+                                                        rendezvous_store):
     machines = [[TORCHRUN, "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
-                 "--rdzv-endpoint", endpoint, "--rdzv-id", "resbackbones-test",
-                 "--rdzv-conf", f"is_host={int(node == 0)}", "--local-addr", "127.0.0.1",
+                 "--rdzv-endpoint", rendezvous_store, "--rdzv-id", "resbackbones-test",
+                 "--rdzv-conf", "is_host=0", "--local-addr", "127.0.0.1",
                  *_train_net(data_flags, tmp_path / f"node{node}")] for node in (0, 1)]
     _run_all(machines, "torchrun --nnodes 2 --nproc-per-node 1, c10d")
     # The rendezvous, not the command line, decides which node holds rank 0.
@@ -287,7 +296,7 @@ def test_elastic_restart_after_sigkill_resumes_from_the_last_checkpoint(data_fla
     # checkpoint, and two workers' start-up logs can fill a pipe's 64 KiB and block them.
     output_path = tmp_path / "torchrun.out"
     output_file = open(output_path, "w")
-    agent = subprocess.Popen(command, cwd=REPO, env=_environment(), text=True,
+    agent = subprocess.Popen(command, cwd=REPO, env=clean_environment(), text=True,
                              stdout=output_file, stderr=subprocess.STDOUT)
     workers = []
     try:
@@ -330,46 +339,20 @@ def test_elastic_restart_after_sigkill_resumes_from_the_last_checkpoint(data_fla
     assert iterations[-1] == 8
 
 
-SLURM_JOIN = """
-import json, sys
-import torch.distributed as dist
-from detectron2.utils import comm
-from resbackbones.engine.distributed import (
-    detect_launch_environment, init_process_group_from_environment)
-env = detect_launch_environment()
-backend = init_process_group_from_environment(env, "cpu")
-print(json.dumps({"kind": env.kind, "backend": backend, "rank": comm.get_rank(),
-                  "world": comm.get_world_size(), "local_rank": comm.get_local_rank(),
-                  "local_size": comm.get_local_size(), "gathered": comm.all_gather(env.rank)}))
-dist.destroy_process_group()
-"""
-
-
 @pytest.mark.slow
 def test_two_srun_tasks_on_two_nodes_join_one_process_group():
     """What srun gives 2 tasks on 2 nodes (simulated variables, a compressed node list whose
-    first host is this machine): one Gloo group of 2, one process per machine."""
-    port = str(_free_port())
-    commands, environments = [], []
-    for rank in (0, 1):
-        environments.append({**_environment(), "SLURM_PROCID": str(rank), "SLURM_STEP_ID": "0",
-                             "SLURM_NTASKS": "2", "SLURM_LOCALID": "0",
-                             "SLURM_NODEID": str(rank), "SLURM_TASKS_PER_NODE": "1(x2)",
-                             "SLURM_STEP_NODELIST": "localhost,node[02-03]",
-                             "SLURM_JOB_ID": "4242", "MASTER_PORT": port})
-        commands.append([sys.executable, "-c", SLURM_JOIN])
-    start = time.perf_counter()
-    processes = [subprocess.Popen(c, cwd=REPO, env=e, text=True, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE) for c, e in zip(commands, environments)]
-    try:
-        results = [p.communicate(timeout=TIMEOUT_S) for p in processes]
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-    print(f"2 simulated srun tasks joining: {time.perf_counter() - start:.1f} s wall")
-    for process, (_, stderr) in zip(processes, results):
-        assert process.returncode == 0, stderr[-3000:]
-    records = [json.loads(out.strip().splitlines()[-1]) for out, _ in results]
-    assert records == [{"kind": "slurm", "backend": "gloo", "rank": rank, "world": 2,
-                        "local_rank": 0, "local_size": 1, "gathered": [0, 1]} for rank in (0, 1)]
+    first host is this machine): one Gloo group of 2, one process per machine, and both tasks
+    end cleanly (they leave the group in finally; a bare destroy_process_group() once left
+    Detectron2's local Gloo group to interpreter shutdown, which aborted a task with SIGABRT)."""
+    command = [sys.executable, "-c", SLURM_JOIN]
+    result = run_with_fresh_port(lambda port: ([command, command],
+                                               slurm_task_environments(port)))
+    print(f"2 simulated srun tasks joining: {result.seconds:.1f} s wall")
+    assert not result.problems(), result.report()
+    # One report per task (its output also holds the other lines the task printed).
+    records = [[json.loads(line) for line in out.splitlines() if line.startswith('{"kind"')]
+               for out in result.outputs]
+    assert records == [[{"kind": "slurm", "backend": "gloo", "rank": rank, "world": 2,
+                         "local_rank": 0, "local_size": 1, "gathered": [0, 1]}]
+                       for rank in (0, 1)]

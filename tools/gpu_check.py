@@ -432,21 +432,25 @@ def check_demo_timing(ctx: Context) -> List[Row]:
                 "pass" if 0.5 < ratio <= 1.05 else "FAIL")]
 
 
+# One process: its own store on a port the system picks; it leaves the group the project's one
+# way (leave_process_group, in finally: a group left to interpreter shutdown can abort it).
 DDP_SCRIPT = r"""
-import json, os, socket, sys, torch, torch.distributed as dist
+import sys, torch, torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
+from resbackbones.engine.distributed import leave_process_group
 backend, module_device = sys.argv[1], sys.argv[2]
-with socket.socket() as s:
-    s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
-dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+store = dist.TCPStore("127.0.0.1", 0, 1, is_master=True)
+dist.init_process_group(backend, store=store, rank=0, world_size=1)
+finished = False
 try:
     model = nn.Linear(8, 2).to(module_device)
     ddp = DDP(model, device_ids=[0] if module_device == "cuda" else None)
     ddp(torch.ones(4, 8, device=module_device)).sum().backward()
+    finished = True
     print("OK")
 finally:
-    dist.destroy_process_group()
+    leave_process_group(wait_for_others=finished)
 """
 
 
