@@ -99,4 +99,5 @@ clean:
 # docs/demo.png from a real run: the web demo serving the quickstart's model in Chromium.
 screenshot: setup browser
 	RESBACKBONES_README_MODEL=$(OUTPUT) RESBACKBONES_README_IMAGES=$(DATA)/val \
+		RESBACKBONES_UPDATE_README_SCREENSHOT=1 \
 		$(PY) -m pytest tests/test_demo.py -k readme_screenshot -p no:cacheprovider

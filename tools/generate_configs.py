@@ -26,8 +26,14 @@ def main(argv=None) -> int:
     if args.check:
         stale = generate.stale_configs(config_root)
         if stale:
-            print(f"{len(stale)} generated configs are out of date, e.g. {stale[0]}; run "
-                  "python tools/generate_configs.py", file=sys.stderr)
+            exists = {relative: os.path.isfile(os.path.join(config_root, relative))
+                      for relative in stale}
+            listed = "\n".join(f"  {relative} ({'differs' if exists[relative] else 'missing'})"
+                                for relative in stale)
+            print(f"{len(stale)} generated configs under {config_root} are not what "
+                  f"resbackbones/catalog.py generates:\n{listed}\nRun python "
+                  "tools/generate_configs.py to rewrite them (they are generated: change the "
+                  "catalog or resbackbones/generate.py, not these files).", file=sys.stderr)
             return 1
         print("checked configs: 0 stale")
         return 0

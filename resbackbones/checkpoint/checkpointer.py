@@ -14,7 +14,10 @@ On top of ``DetectionCheckpointer`` it
 * reads ``.pkl`` with the restricted unpickler (numpy arrays and plain containers only) and
   ``.pth`` with ``torch.load(weights_only=True)``;
 * writes checkpoints and ``last_checkpoint`` atomically (a kill mid-write leaves the previous
-  checkpoint usable);
+  checkpoint usable; a full disk says so and names the checkpoint kept);
+* resumes (``--resume``) from the newest earlier checkpoint, with a WARNING naming both files,
+  when the one ``last_checkpoint`` names cannot be read (truncated by a copy or a disk that
+  failed); the unreadable file is left in place;
 * resolves ``detectron2://...`` names as Detectron2 does (``https://dl.fbaipublicfiles.com/
   detectron2/...``, cached by iopath) and, offline, says where to put the file.
 """
@@ -22,7 +25,10 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, List, Tuple
+import pickle
+import re
+import zipfile
+from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import urlparse
 
 import numpy as np
@@ -50,8 +56,8 @@ from resbackbones.weights.loader import (
 )
 from resbackbones.weights.safe_pickle import safe_load_pickle
 
-__all__ = ["ResBackboneCheckpointer", "DETECTRON2_URL_PREFIX", "iopath_cache_file",
-           "resolve_checkpoint_path"]
+__all__ = ["ResBackboneCheckpointer", "DETECTRON2_URL_PREFIX", "UnreadableCheckpointError",
+           "iopath_cache_file", "resolve_checkpoint_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,10 +113,34 @@ def resolve_checkpoint_path(path: str) -> str:
                             ".safetensors file, 'detectron2://<model zoo name>' or a URL.")
 
 
+# Detectron2's PeriodicCheckpointer names: model_0004999.pth (the iteration), model_final.pth.
+_PERIODIC_CHECKPOINT = re.compile(r"^model_(\d+)\.pth$")
+
+
+class UnreadableCheckpointError(ValueError):
+    """A checkpoint file that is incomplete or damaged (truncated by a kill, a full disk or a
+    copy that stopped early), as opposed to one holding objects that are refused."""
+
+
+def _first_sentence(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0].split(". ")[0].rstrip(".") if text else "(no message)"
+
+
 def _read_torch_file(filename: str) -> Any:
     try:
         return torch.load(filename, map_location="cpu", weights_only=True)
-    except Exception as error:  # UnpicklingError / RuntimeError variants
+    except Exception as error:  # UnpicklingError / RuntimeError / OSError / EOFError variants
+        # torch.save writes a zip archive: one whose archive is intact but whose pickle is
+        # refused holds foreign objects; anything else is a damaged file.
+        refused = isinstance(error, pickle.UnpicklingError) and (
+            zipfile.is_zipfile(filename) or "Unsupported global" in str(error))
+        if not refused:
+            raise UnreadableCheckpointError(
+                f"Cannot read checkpoint {filename} ({os.path.getsize(filename)} bytes): "
+                f"{type(error).__name__}: {_first_sentence(error)}. "
+                "The file is incomplete or damaged (truncated by a kill, a full disk or a copy "
+                "that stopped early).") from error
         raise ValueError(
             f"Cannot read {filename} with torch.load(weights_only=True): {error}. The file holds "
             "objects other than tensors and plain containers; resbackbones never unpickles code. "
@@ -138,6 +168,65 @@ class ResBackboneCheckpointer(AtomicSaveMixin, DetectionCheckpointer):
         """
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.allow_partial_weights = allow_partial_weights
+        # (path, content) read by resume_or_load to check it, handed to the load that follows.
+        self._read_ahead: Optional[Tuple[str, Dict[str, Any]]] = None
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
+        """As Detectron2's, except that a last checkpoint that cannot be read falls back.
+
+        With ``resume`` and a ``last_checkpoint`` in ``save_dir``, the file it names is read; if
+        that file is missing, truncated or damaged, the newest earlier ``model_NNNNNNN.pth``
+        that reads is loaded instead, with a WARNING naming both. Why: a checkpoint cut short
+        (a copy or a disk that failed) must cost one checkpoint period, not the run. Nothing is
+        deleted: the unreadable file stays until training saves under its name again.
+
+        Raises:
+            UnreadableCheckpointError: no checkpoint in ``save_dir`` can be read; the message
+                lists each file with its fault.
+        """
+        if not (resume and self.has_checkpoint()):
+            return super().resume_or_load(path, resume=resume)
+        last = self.get_checkpoint_file()
+        failures: List[Tuple[str, str]] = []
+        for candidate in [last] + self._earlier_checkpoints(last):
+            if not os.path.isfile(candidate):
+                failures.append((candidate, f"{candidate} does not exist."))
+                continue
+            try:
+                # Read here (no collective calls), so that every rank's load() below is the
+                # same single call whatever was skipped.
+                self._read_ahead = (os.path.abspath(candidate), self._load_file(candidate))
+            except UnreadableCheckpointError as error:
+                failures.append((candidate, str(error)))
+                continue
+            if failures:
+                skipped = " ".join(reason for _, reason in failures)
+                self.logger.warning(
+                    f"Cannot resume from {last} (named in last_checkpoint): {skipped} Resuming "
+                    f"from {candidate} instead, the newest earlier checkpoint that reads. "
+                    f"{last} is left as it is (training replaces it when it saves under that "
+                    "name again).")
+            try:
+                return self.load(candidate)
+            finally:
+                self._read_ahead = None
+        listed = " ".join(reason for _, reason in failures)
+        raise UnreadableCheckpointError(
+            f"--resume: no checkpoint in {self.save_dir} can be read. {listed} The files are "
+            "kept. Copy an intact checkpoint into the folder, or remove "
+            f"{os.path.join(self.save_dir, 'last_checkpoint')} to start from MODEL.WEIGHTS.")
+
+    def _earlier_checkpoints(self, last: str) -> List[str]:
+        """Periodic checkpoints in save_dir older than ``last``, newest first (all of them when
+        ``last`` is not a numbered one, e.g. model_final.pth)."""
+        match = _PERIODIC_CHECKPOINT.match(os.path.basename(last))
+        newest = int(match.group(1)) if match else None
+        numbered = []
+        for name in os.listdir(self.save_dir):
+            found = _PERIODIC_CHECKPOINT.match(name)
+            if found and (newest is None or int(found.group(1)) < newest):
+                numbered.append((int(found.group(1)), name))
+        return [os.path.join(self.save_dir, name) for _, name in sorted(numbered, reverse=True)]
 
     def load(self, path: str, *args: Any, **kwargs: Any) -> Dict[str, Any]:
         """As ``DetectionCheckpointer.load``, with ``detectron2://`` resolved first."""
@@ -151,6 +240,10 @@ class ResBackboneCheckpointer(AtomicSaveMixin, DetectionCheckpointer):
             raise
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
+        read_ahead = getattr(self, "_read_ahead", None)
+        if read_ahead is not None and read_ahead[0] == os.path.abspath(filename):
+            checkpoint, self._read_ahead = read_ahead[1], None
+            return checkpoint
         extension = os.path.splitext(filename)[1].lower()
         if extension in (".pkl", ".pickle"):
             data = safe_load_pickle(filename)

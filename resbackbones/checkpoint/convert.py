@@ -45,6 +45,15 @@ def _output_format(output: str, requested: Optional[str]) -> str:
     return fmt
 
 
+def _check_prefix(prefix: str) -> None:
+    """A key prefix is a module path: "" or names joined by dots, ending with a dot."""
+    if prefix and not prefix.endswith("."):
+        raise ValueError(f"--prefix {prefix!r} is invalid: a key prefix must end with '.' "
+                         f"(e.g. '{prefix}.', '{DETECTRON2_FPN_PREFIX}' for the FPN builders, "
+                         "'backbone.body.' for build_resbackbone_backbone), or be '' for bare "
+                         "timm names.")
+
+
 def convert_to_detectron2(
     source: str,
     arch: str,
@@ -71,6 +80,7 @@ def convert_to_detectron2(
         The load report.
     """
     fmt = _output_format(output, output_format)
+    _check_prefix(prefix)
     backbone = TimmBackbone(get_entry(arch), norm="BN")
     report = load_backbone_weights(backbone, source, allow_partial=allow_partial)
     state: Dict[str, torch.Tensor] = {
@@ -131,6 +141,7 @@ def convert_checkpoint_names(
             not have (ResNet-D stems, SE modules...), named in the message.
     """
     fmt = _output_format(output, output_format)
+    _check_prefix(body_prefix)
     data = ResBackboneCheckpointer(torch.nn.Module())._load_file(source)
     state = {k: torch.as_tensor(v) for k, v in data["model"].items()}
     if to == "resbackbones":
@@ -184,12 +195,16 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="key prefix (default fits the FPN builders; 'backbone.body.' for "
                              "build_resbackbone_backbone)")
     parser.add_argument("--allow-partial", action="store_true",
-                        help="write even if some backbone keys stay random")
+                        help="ImageNet backbone files only: write even if some backbone keys "
+                             "stay random (listed in a warning)")
     args = parser.parse_args(argv)
     setup_logger(name="resbackbones", abbrev_name="rb")
     if args.source_names != "imagenet":
         if args.source_names == args.target_names:
             parser.error("--from and --to name the same naming; nothing to convert.")
+        if args.allow_partial:
+            parser.error("--allow-partial applies to ImageNet backbone files (--from imagenet); "
+                         "a detector checkpoint is renamed whole, never partly.")
         convert_checkpoint_names(args.input, args.output, args.target_names,
                                  output_format=args.format, body_prefix=args.prefix)
         return 0

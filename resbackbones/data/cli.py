@@ -16,6 +16,12 @@ from .validation import filter_coco_json, validate_coco_json
 __all__ = ["make_synthetic_coco_main", "validate_dataset_main"]
 
 
+def _examples(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"--examples {text} is invalid; valid: an integer >= 0.")
+    return int(text)
+
+
 def validate_dataset_main(argv: Optional[Sequence[str]] = None) -> int:
     """Check a COCO instances JSON against its image folder and print the report.
 
@@ -32,7 +38,8 @@ def validate_dataset_main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--output", help="where --skip-bad writes the cleaned JSON")
     parser.add_argument("--no-decode", action="store_true",
                         help="read image headers only (faster; misses truncated files)")
-    parser.add_argument("--examples", type=int, default=3, help="examples shown per problem")
+    parser.add_argument("--examples", type=_examples, default=3,
+                        help="examples shown per problem (default 3; 0: counts only)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.skip_bad and not args.output:

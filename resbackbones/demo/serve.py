@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections import OrderedDict
 from functools import partial
@@ -46,6 +47,16 @@ __all__ = ["get_parser", "main", "parse_model_specs", "quickstart_args"]
 QUICKSTART_OUTPUT = "output/quickstart"
 
 
+def _file_size(text: str) -> str:
+    """``--max-file-size``, checked when parsed (Gradio would refuse it only after the models
+    are built)."""
+    if not re.fullmatch(r"\s*\d+\s*(b|kb|mb|gb|tb)\s*", text, flags=re.IGNORECASE):
+        raise argparse.ArgumentTypeError(
+            f"--max-file-size {text!r} is invalid; valid: a whole number and a unit b, kb, mb, "
+            "gb or tb, e.g. 25mb.")
+    return text
+
+
 def get_parser() -> argparse.ArgumentParser:
     """The command line of ``tools/gradio_demo.py`` (its usage text is this module's docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -66,7 +77,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--class-names", default=None,
                         help="Comma-separated class names, when the config's test dataset is not "
                              "registered and the checkpoint stores none.")
-    parser.add_argument("--max-file-size", default="25mb", help="Upload size limit.")
+    parser.add_argument("--max-file-size", default="25mb", type=_file_size,
+                        help="Upload size limit: a number and b, kb, mb, gb or tb (default "
+                             "25mb); a larger upload is refused with a message.")
     parser.add_argument("--model-zoo-url", default=None, metavar="URL",
                         help="Base URL of a Detectron2 model-zoo mirror (default: "
                              "$RESBACKBONES_MODEL_ZOO_URL, else Detectron2's).")

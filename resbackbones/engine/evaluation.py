@@ -5,19 +5,25 @@ not have (``use_fast_impl=True`` fails there), and the official pycocotools is s
 slower (detectron2#4727). faster-coco-eval gives the same AP (measured on the synthetic val set:
 bbox and segm stats equal to 1e-17) at 4-6x the speed. It is the ``fast-eval`` extra: the core
 install evaluates with pycocotools.
+
+Both evaluators write ``inference/coco_instances_results.json`` and ``instances_predictions.pth``
+atomically (:func:`resbackbones.checkpoint.atomic.atomic_open`): a run killed while it writes them
+(SIGTERM from a scheduler, SIGKILL) leaves the previous complete file or none, never half of one
+that a later ``pycocotools`` ``loadRes`` would fail on.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Iterator
+from typing import Any, Iterator
 
 from detectron2.evaluation import COCOEvaluator
 from detectron2.evaluation import coco_evaluation
 
 from resbackbones._requirements import module_installed, pip_install_line, require_extra
+from resbackbones.checkpoint.atomic import atomic_open
 
-__all__ = ["FasterCOCOEvaluator", "build_coco_evaluator"]
+__all__ = ["AtomicCOCOEvaluator", "FasterCOCOEvaluator", "build_coco_evaluator"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +39,43 @@ def _as_fast_impl(cocoeval_class: type) -> Iterator[None]:
         coco_evaluation.COCOeval_opt = original
 
 
-class FasterCOCOEvaluator(COCOEvaluator):
+class _AtomicLocalWrites:
+    """Detectron2's ``PathManager`` for ``coco_evaluation``, except that a local file opened
+    for writing ("w", "wb") is written atomically; every other call is PathManager's."""
+
+    def __init__(self, path_manager: Any) -> None:
+        self._path_manager = path_manager
+
+    def open(self, path: str, mode: str = "r", **kwargs: Any) -> Any:
+        if mode in ("w", "wb") and "://" not in str(path):
+            return atomic_open(str(path), mode)
+        return self._path_manager.open(path, mode, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._path_manager, name)
+
+
+@contextlib.contextmanager
+def _atomic_result_files() -> Iterator[None]:
+    """Within the block, the files ``coco_evaluation`` writes are written atomically."""
+    original = coco_evaluation.PathManager
+    coco_evaluation.PathManager = _AtomicLocalWrites(original)
+    try:
+        yield
+    finally:
+        coco_evaluation.PathManager = original
+
+
+class AtomicCOCOEvaluator(COCOEvaluator):
+    """Detectron2's ``COCOEvaluator`` whose results files are never half-written (see the
+    module docstring); the AP it computes is Detectron2's."""
+
+    def evaluate(self, img_ids=None):
+        with _atomic_result_files():
+            return super().evaluate(img_ids)
+
+
+class FasterCOCOEvaluator(AtomicCOCOEvaluator):
     """Detectron2's ``COCOEvaluator`` whose fast path is faster-coco-eval (see module doc)."""
 
     def __init__(self, dataset_name: str, **kwargs):
@@ -52,5 +94,5 @@ def build_coco_evaluator(dataset_name: str, output_dir: str) -> COCOEvaluator:
     if not module_installed("faster_coco_eval"):
         logger.info("faster-coco-eval is not installed: using the official pycocotools COCOeval "
                     f"(for the faster one: {pip_install_line('fast-eval')}).")
-        return COCOEvaluator(dataset_name, output_dir=output_dir, use_fast_impl=False)
+        return AtomicCOCOEvaluator(dataset_name, output_dir=output_dir, use_fast_impl=False)
     return FasterCOCOEvaluator(dataset_name, output_dir=output_dir)

@@ -27,6 +27,7 @@ from detectron2.utils.logger import setup_logger
 from resbackbones import compat
 
 from resbackbones._requirements import MissingExtraError
+from resbackbones.checkpoint.atomic import atomic_open
 from resbackbones.checkpoint.checkpointer import ResBackboneCheckpointer
 from resbackbones.data.robust_mapper import SkipCorruptedImages
 
@@ -78,9 +79,9 @@ def write_run_report(cfg: CfgNode, model: torch.nn.Module, results: Dict) -> Non
         return
     output_dir = cfg.OUTPUT_DIR
     write_class_names(cfg)
-    if results:
-        with open(os.path.join(output_dir, EVAL_RESULTS_FILE), "w") as f:
-            json.dump(results, f, indent=2, sort_keys=True)
+    if results:  # atomically: a run killed here keeps the previous file or none, not half
+        with atomic_open(os.path.join(output_dir, EVAL_RESULTS_FILE), "w") as f:
+            f.write(json.dumps(results, indent=2, sort_keys=True))
     # The two pictures need the `plots` extra; a run without it keeps its results and says so.
     if os.path.isfile(os.path.join(output_dir, "metrics.json")):
         try:
