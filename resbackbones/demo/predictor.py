@@ -27,7 +27,8 @@ from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
-from detectron2.modeling import build_model
+from detectron2.modeling import GeneralizedRCNN, PanopticFPN, build_model
+from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Instances
 
 from resbackbones.checkpoint import ResBackboneCheckpointer
@@ -129,7 +130,10 @@ class Prediction:
         image: the RGB ``uint8`` image the model ran on: the input, or the copy decoding
             downscaled to the test size (:meth:`DemoPredictor.decode`); drawings go on it.
         instances: Detectron2 ``Instances`` (``pred_boxes``, ``scores``, ``pred_classes``,
-            optionally ``pred_masks``) on the CPU, in the pixels of ``image``.
+            optionally ``pred_masks``) on the CPU, in the pixels of ``image``. When ``image``
+            is a downscaled copy, R-CNN masks also keep the mask head's (N, 1, M, M)
+            probabilities as ``pred_roi_masks``, so that the results paste each mask at the
+            input's size as ``DefaultPredictor`` does (``results.input_masks``).
         timings: seconds spent per stage (``"preprocess"``, ``"model"``).
         notes: remarks from decoding (downscaled, 16-bit scaled, ...).
         input_size: (height, width) of the input image (default: ``image``'s); results map
@@ -351,7 +355,8 @@ class DemoPredictor:
         synchronize(torch.device(self.cfg.MODEL.DEVICE))
         preprocess = time.perf_counter() - start
         start = time.perf_counter()
-        outputs = self.model([{"image": tensor, "height": height, "width": width}])[0]
+        outputs = self._run_model(tensor, height, width,
+                                  downscaled=input_size not in (None, (height, width)))
         synchronize(torch.device(self.cfg.MODEL.DEVICE))
         model_time = time.perf_counter() - start
         if "instances" not in outputs:
@@ -361,6 +366,21 @@ class DemoPredictor:
         return Prediction(image=image, instances=instances, notes=notes,
                           timings={"preprocess": preprocess, "model": model_time},
                           input_size=input_size)
+
+    def _run_model(self, tensor: torch.Tensor, height: int, width: int,
+                   downscaled: bool) -> Dict[str, Any]:
+        """The model's outputs in (height, width) pixels. On a downscaled copy an R-CNN's mask
+        probabilities are kept before Detectron2's postprocess pastes them at the copy's size:
+        pasted at the input's size later they are ``DefaultPredictor``'s masks, where a pasted
+        copy-size mask scaled up would move every outline by up to the scale factor."""
+        inputs = [{"image": tensor, "height": height, "width": width}]
+        if not downscaled or not isinstance(self.model, GeneralizedRCNN) or isinstance(
+                self.model, PanopticFPN):
+            return self.model(inputs)[0]
+        raw = self.model.inference(inputs, do_postprocess=False)[0]
+        if raw.has("pred_masks"):
+            raw.pred_roi_masks = raw.pred_masks
+        return {"instances": detector_postprocess(raw, height, width)}
 
     def __call__(self, source: Any, name: str = "The file", full_size: bool = False
                  ) -> Prediction:

@@ -3,8 +3,9 @@ results JSON, in the input image's pixels.
 
 The JSON is :mod:`resbackbones.results_format`'s (COCO results plus ``class_name``), the one the
 ONNX runner writes too. A prediction on a copy that decoding downscaled (the web page) is mapped
-to the input's pixels here: boxes scaled by input/copy size, each mask resized to the input's
-size (bilinear, threshold 0.5) one at a time when it is encoded.
+to the input's pixels here: boxes scaled by input/copy size, each mask pasted at the input's size
+from the mask head's probabilities (``pred_roi_masks``, as ``DefaultPredictor`` pastes it), one
+at a time when it is encoded.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torchvision
-from detectron2.structures import Instances
+from detectron2.layers import paste_masks_in_image
+from detectron2.structures import Boxes, Instances
 from PIL import Image
 
 from resbackbones.results_format import (
@@ -103,20 +105,27 @@ def input_masks(instances: Instances,
                 input_size: Optional[Tuple[int, int]] = None) -> Iterator[np.ndarray]:
     """Each instance's boolean mask in the input's pixels, one at a time.
 
-    A mask predicted on a downscaled copy is resized to ``input_size`` bilinearly and
-    thresholded at 0.5, so its outline is the copy's outline scaled, not a staircase; the full
-    size masks never exist all at once (a 50-megapixel upload with 100 detections would be
-    5 GB of them).
+    For a prediction on a downscaled copy, each mask is pasted at ``input_size`` from the mask
+    head's probabilities (``pred_roi_masks``) in the box's input pixels, as Detectron2's
+    postprocess pastes it for ``DefaultPredictor``; without them (instances made elsewhere) the
+    copy's mask is resized bilinearly and thresholded at 0.5. The full-size masks never exist
+    all at once (a 50-megapixel upload with 100 detections would be 5 GB of them).
     """
     height, width = instances.image_size
-    resize = input_size is not None and tuple(input_size) != (height, width)
+    if input_size is None or tuple(input_size) == (height, width):
+        yield from instances.pred_masks.numpy().astype(bool)
+        return
+    output_size = (int(input_size[0]), int(input_size[1]))
+    if instances.has("pred_roi_masks"):
+        boxes = torch.from_numpy(input_boxes(instances, input_size).astype(np.float32))
+        for index in range(len(instances)):
+            pasted = paste_masks_in_image(instances.pred_roi_masks[index:index + 1, 0],
+                                          Boxes(boxes[index:index + 1]), output_size)
+            yield pasted[0].numpy()
+        return
     for mask in instances.pred_masks.numpy():
-        if not resize:
-            yield mask.astype(bool)
-            continue
         pixels = Image.fromarray(mask.astype(np.uint8) * 255)
-        resized = pixels.resize((int(input_size[1]), int(input_size[0])), Image.BILINEAR)
-        yield np.asarray(resized) >= 128
+        yield np.asarray(pixels.resize(output_size[::-1], Image.BILINEAR)) >= 128
 
 
 def detection_rows(instances: Instances, class_names: Sequence[str],
