@@ -142,7 +142,7 @@ def test_prediction_timings_and_class_names(predictor):
 def test_class_names_fallbacks(model_files):
     config_file, opts = model_files
     cfg = build_inference_config(config_file, opts + ["DATASETS.TEST", "('not_registered',)"])
-    assert DemoPredictor(cfg).class_names[:2] == ["class 0", "class 1"]
+    assert DemoPredictor(cfg).class_names[:2] == ["class_0", "class_1"]  # as exports name them
     names = [f"thing{i}" for i in range(80)]
     assert DemoPredictor(cfg, class_names=names).class_names == names
 

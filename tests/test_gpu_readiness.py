@@ -254,7 +254,7 @@ def test_demo_counts_classes_of_resbackbone_retinanet(no_gpu):
         "MODEL.ROI_HEADS.NUM_CLASSES", "80", "DATASETS.TEST", "()"])
     assert cfg.MODEL.META_ARCHITECTURE == "ResBackboneRetinaNet"
     predictor = DemoPredictor(cfg)
-    assert predictor.class_names == ["class 0", "class 1", "class 2"]
+    assert predictor.class_names == ["class_0", "class_1", "class_2"]
 
 
 # --- the one-shot GPU check refuses a machine without CUDA ---------------------------------------
