@@ -14,7 +14,6 @@ from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
 
 import resbackbones  # noqa: F401  (registers the backbones)
 from resbackbones import compat
@@ -75,10 +74,6 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
     cfg = build_cfg(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)  # logger, OUTPUT_DIR/config.yaml, seeds
-    # resbackbones' own messages (skipped images, weight reports) go to the console and log.txt
-    # like Detectron2's.
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="resbackbones",
-                 abbrev_name="rb")
     flavour = compat.require_supported_detectron2()
     logging.getLogger("detectron2").info(f"Running on {flavour.describe()}.")
     register_dataset_specs(getattr(args, "dataset", []))
