@@ -62,8 +62,27 @@ def test_invalid_values_are_refused_with_choices(key, value, expected):
     assert expected in str(error.value) and key.split(".")[-1] in str(error.value)
 
 
-def test_valid_config_passes():
-    assert validate_config(_cfg()) is not None
+@pytest.mark.parametrize("key, values", [
+    ("MODEL.RESBACKBONE.ARCH", ["resnet18", "resnet50d"]),
+    ("MODEL.RESBACKBONE.NORM", ["FrozenBN", "BN", "SyncBN", "naiveSyncBN", "GN"]),
+    ("MODEL.RESBACKBONE.CHANNELS_LAST", ["auto", "on", "off"]),
+    ("MODEL.RESBACKBONE.INFERENCE_AMP", ["off", "auto", "bf16", "fp16"]),
+    ("MODEL.RESBACKBONE.OUT_FEATURES", [["res2", "res5"], ["res3", "res4", "res5"]]),
+    ("MODEL.BACKBONE.FREEZE_AT", [0, 2, 5]),
+])
+def test_every_valid_value_passes_and_leaves_the_config_unchanged(key, values):
+    """The counterpart of the refusals above: each valid choice is accepted, and validation
+    returns the very config it was given, unchanged (callers use the return value)."""
+    for value in values:
+        cfg = _cfg()
+        node, _, leaf = key.rpartition(".")
+        target = cfg
+        for part in node.split("."):
+            target = target[part]
+        target[leaf] = value
+        before = cfg.dump()
+        assert validate_config(cfg) is cfg, value
+        assert cfg.dump() == before, value
 
 
 def test_a_renamed_key_says_its_new_name(tmp_path):

@@ -143,4 +143,16 @@ def test_quick_schedule_trains_one_step_on_cpu(config):
     total = sum(losses.values())
     assert torch.isfinite(total)
     total.backward()
-    assert model.backbone.bottom_up.body is not None
+    # The loss reaches the backbone: every trainable body parameter gets a finite gradient, and
+    # each stage's gradients are not all zero (a detached or frozen-by-mistake stage would be).
+    body = model.backbone.bottom_up.body
+    trainable = {name: p for name, p in body.named_parameters() if p.requires_grad}
+    assert trainable, "nothing in the backbone trains"
+    missing = [name for name, p in trainable.items() if p.grad is None]
+    assert not missing, f"no gradient reached: {missing[:5]}"
+    assert all(torch.isfinite(p.grad).all() for p in trainable.values())
+    stages = {name.split(".")[0] for name in trainable}
+    silent = [stage for stage in sorted(stages)
+              if not any(p.grad.abs().sum() > 0 for name, p in trainable.items()
+                         if name.split(".")[0] == stage)]
+    assert not silent, f"all-zero gradients in {silent}"
