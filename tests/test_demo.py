@@ -4,6 +4,7 @@ served page through gradio_client, and a real browser (Chromium driven by Playwr
 The model is a tiny Mask R-CNN (ResNet-18 FPN, 128 px test size) with random weights whose class
 logits are damped, so that scores spread over (0, 1) and a 1.0 threshold leaves nothing.
 """
+import contextlib
 import io
 import json
 import os
@@ -374,10 +375,19 @@ def test_gradio_demo_model_arguments():
                                          "MODEL.WEIGHTS", "q/model_final.pth"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@contextlib.contextmanager
+def _refusing_url():
+    """A URL on 127.0.0.1 that refuses connections for as long as the block runs: a socket bound
+    to a port the system picks and never listening (the kernel answers every connection with a
+    reset), held so that no other process can take the port meanwhile."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
+
+
+# The demo chooses its own port (no --port: Gradio binds the first free one from 7860 and moves
+# on when another process has it) and prints its URL, which the tests read.
+URL_LINE = r"running at (http://127\.0\.0\.1:\d+/?)"
 
 
 SERVER_PROCESS = {}
@@ -387,27 +397,28 @@ SERVER_PROCESS = {}
 def server(model_files):
     """tools/gradio_demo.py serving the tiny model on 127.0.0.1; yields its printed URL."""
     config_file, opts = model_files
-    port = _free_port()
     log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
     # The COCO model in the dropdown: an empty cache and a model-zoo URL that refuses
     # connections, so choosing it shows the offline message and never reaches the internet.
+    refusing = contextlib.ExitStack()
     offline = {"FVCORE_CACHE": tempfile.mkdtemp(prefix="resbackbones-test-cache-"),
-               "RESBACKBONES_MODEL_ZOO_URL": f"http://127.0.0.1:{_free_port()}/"}
+               "RESBACKBONES_MODEL_ZOO_URL": refusing.enter_context(_refusing_url())}
     process = subprocess.Popen(
         [sys.executable, str(REPO / "tools" / "gradio_demo.py"), "--config-file", config_file,
-         "--port", str(port), "--confidence-threshold", "0.0", "--opts", *opts],
+         "--confidence-threshold", "0.0", "--opts", *opts],
         stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO),
         env=dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", **offline))
     url = None
     deadline = time.time() + 180
     while time.time() < deadline and process.poll() is None:
-        match = re.search(r"running at (http://127\.0\.0\.1:\d+/?)", Path(log.name).read_text())
+        match = re.search(URL_LINE, Path(log.name).read_text())
         if match:
             url = match.group(1)
             break
         time.sleep(0.5)
     if url is None:
         process.kill()
+        refusing.close()
         pytest.fail(f"gradio_demo.py did not print its URL:\n{Path(log.name).read_text()}")
     SERVER_PROCESS["pid"] = process.pid
     yield url
@@ -416,6 +427,7 @@ def server(model_files):
         process.wait(timeout=20)
     except subprocess.TimeoutExpired:
         process.kill()
+    refusing.close()
     os.unlink(log.name)
 
 
@@ -602,12 +614,16 @@ def test_server_under_load_and_malformed_flood(server, tmp_path):
             memory["peak"] = max(memory["peak"], server_process.memory_info().rss)
             time.sleep(0.2)
 
-    threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(8)]
-    threads.append(threading.Thread(target=watch_memory))
+    # Daemon threads: one stuck in a request must fail this test, not keep pytest from exiting.
+    threads = [threading.Thread(target=client_loop, args=(i,), name=f"client {i}", daemon=True)
+               for i in range(8)]
+    threads.append(threading.Thread(target=watch_memory, name="memory watch", daemon=True))
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=180)
+    stuck = [thread.name for thread in threads if thread.is_alive()]
+    assert not stuck, f"still running 180 s after the 30 s load ended (a request hung): {stuck}"
     print(f"load test: {outcomes['answered']} detections answered, {outcomes['messages']} "
           f"malformed uploads answered with a message, {len(outcomes['failed'])} failed, "
           f"{outcomes['retried']} retried after a dropped connection; "
@@ -644,21 +660,21 @@ def test_browser_readme_screenshot(tmp_path):
     images = sorted(Path(README_IMAGES).glob("*.png")) + sorted(Path(README_IMAGES).glob("*.jpg"))
     assert (model / "config.yaml").is_file() and (model / "model_final.pth").is_file(), model
     assert images, f"no images in {README_IMAGES}"
-    port = _free_port()
     log = tmp_path / "server.log"
+    refusing = contextlib.ExitStack()
     offline = {"FVCORE_CACHE": str(tmp_path / "cache"),
-               "RESBACKBONES_MODEL_ZOO_URL": f"http://127.0.0.1:{_free_port()}/"}
+               "RESBACKBONES_MODEL_ZOO_URL": refusing.enter_context(_refusing_url())}
     with open(log, "w") as log_file:
         process = subprocess.Popen(
             [sys.executable, str(REPO / "tools" / "gradio_demo.py"), "--config-file",
-             str(model / "config.yaml"), "--port", str(port), "--confidence-threshold", "0.5",
+             str(model / "config.yaml"), "--confidence-threshold", "0.5",
              "--opts", "MODEL.WEIGHTS", str(model / "model_final.pth"), "MODEL.DEVICE", "cpu"],
             stdout=log_file, stderr=subprocess.STDOUT, cwd=str(REPO),
             env=dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", **offline))
     try:
         deadline, url = time.time() + 180, None
         while time.time() < deadline and process.poll() is None and url is None:
-            match = re.search(r"running at (http://127\.0\.0\.1:\d+/?)", log.read_text())
+            match = re.search(URL_LINE, log.read_text())
             url = match.group(1) if match else time.sleep(0.5)
         assert url, log.read_text()
         with sync_playwright() as playwright:
@@ -684,3 +700,4 @@ def test_browser_readme_screenshot(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=30)
+        refusing.close()
