@@ -60,11 +60,12 @@ def mask_rcnn_run(data_flags, tmp_path_factory):
 
 def test_mask_rcnn_learns(mask_rcnn_run):
     _, results = mask_rcnn_run
-    # Measured on 2 (heavily shared) cores: box AP 0.99 / AP50 4.95, mask AP 1.66 / AP50 6.68
-    # after 100 iterations; an untrained model gives 0. Provisional: raise the schedule and these
-    # bounds once calibrated on a quiet machine.
-    assert results["bbox"]["AP"] > 0.3 and results["bbox"]["AP50"] > 2.0
-    assert results["segm"]["AP"] > 0.3 and results["segm"]["AP50"] > 2.0
+    # Measured after these 100 iterations (an untrained model gives 0), two runs on 2 shared
+    # cores: an earlier session's box AP 0.99 / AP50 4.95, mask AP 1.66 / AP50 6.68; and
+    # 2026-12-04, 2-core AMD EPYC VM at load ~10: box AP 0.67 / AP50 1.53, mask AP 1.04 / AP50
+    # 3.02. Same seed, yet AP50 varied 3x between the runs, so the bounds sit below the lower run.
+    assert results["bbox"]["AP"] > 0.3 and results["bbox"]["AP50"] > 0.75
+    assert results["segm"]["AP"] > 0.4 and results["segm"]["AP50"] > 1.2
 
 
 def test_run_writes_metrics_events_checkpoints_plots_and_drawings(mask_rcnn_run):
@@ -156,8 +157,10 @@ def test_faster_rcnn_resume_after_interruption_then_learns(data_flags, tmp_path)
     assert trainer.start_iter == 50  # checkpoint saved after iteration 49
     results = trainer.train()
     assert (tmp_path / "model_final.pth").exists()
-    # Not yet measured (see the mask test): same provisional bounds.
-    assert results["bbox"]["AP"] > 0.3 and results["bbox"]["AP50"] > 2.0
+    # Measured 2026-12-04 on a 2-core AMD EPYC VM at load ~10 (this test's run, interrupted at
+    # 60 and resumed from iteration 50): box AP 2.15 / AP50 5.79; an untrained model gives 0.
+    # Bounds at about a third of that: the mask test's two runs differed 3x in AP50.
+    assert results["bbox"]["AP"] > 0.5 and results["bbox"]["AP50"] > 1.5
     assert "segm" not in results
 
 
