@@ -22,7 +22,7 @@ PYTEST_ARGS ?=
 OUTPUT ?= output/quickstart
 DATA ?= datasets/synthetic_shapes
 
-.PHONY: screenshot setup quickstart test test-fast demo benchmark gpu-check gpu-check-wheels browser clean
+.PHONY: screenshot setup quickstart test test-fast stress demo benchmark gpu-check gpu-check-wheels browser clean
 
 ifeq ($(strip $(USE_PYTHON)),)
 $(PY):
@@ -77,6 +77,12 @@ test: setup browser
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Not part of `make test`: the SLURM join and the 2-process launcher, STRESS_REPEATS times each;
+# every exit status must be 0, with no "terminate called" (tests/stress_distributed.py).
+STRESS_REPEATS ?= 20
+stress: setup
+	$(PY) tests/stress_distributed.py --repeats $(STRESS_REPEATS)
 
 demo: setup
 	$(PY) tools/gradio_demo.py --config-file $(OUTPUT)/config.yaml --confidence-threshold 0.25 \
