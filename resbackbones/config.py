@@ -22,14 +22,17 @@ from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import BACKBONE_REGISTRY  # noqa: E402
 
 from resbackbones.catalog import get_entry, is_timm_name, weights_input_normalization  # noqa: E402
+from resbackbones.data.lsj import check_lsj  # noqa: E402
 from resbackbones.data.validation import check_validation_mode  # noqa: E402
 from resbackbones.errors import ConfigError  # noqa: E402
 from resbackbones.model_zoo_files import resolve_config_file  # noqa: E402
 from resbackbones.modeling.build import check_input_normalization  # noqa: E402
+from resbackbones.modeling.ema import check_ema_decay, check_ema_device  # noqa: E402
 from resbackbones.modeling.fpn import check_inference_amp  # noqa: E402
 from resbackbones.modeling.norms import check_norm  # noqa: E402
 from resbackbones.modeling.timm_backbone import (  # noqa: E402
     check_channels_last,
+    check_drop_path_rate,
     check_freeze_at,
     check_out_features,
 )
@@ -114,6 +117,11 @@ def add_resbackbone_config(cfg: CN) -> CN:
     # 2-2.7x faster on an AMD EPYC, little or nothing on an Intel Xeon with AVX-512. Still
     # float32, relative differences ~1e-5 (tests/test_speedups.py).
     cfg.MODEL.RESBACKBONE.WINOGRAD = True
+    # Stochastic depth (timm's drop_path_rate) in training: the residual branch of block i of N
+    # is dropped per image with probability DROP_PATH_RATE * i / (N - 1) (the last block's is
+    # DROP_PATH_RATE). Valid: [0, 1); 0 (default) builds the model without it. Eval mode, the
+    # BN-folded copy and exported models never drop.
+    cfg.MODEL.RESBACKBONE.DROP_PATH_RATE = 0.0
     # Checks of the COCO-format data sets before step 0 (this project's trainer, on rank 0).
     # Their own namespace: Detectron2's DATASETS keys stay Detectron2's.
     cfg.DATA_VALIDATION = CN()
@@ -123,6 +131,28 @@ def add_resbackbone_config(cfg: CN) -> CN:
     # With problems found: False stops before training with a report; True drops the bad
     # images/annotations (a cleaned copy of the JSON goes to OUTPUT_DIR/cleaned_datasets).
     cfg.DATA_VALIDATION.SKIP_BAD_RECORDS = False
+    # An exponential moving average (EMA) of the weights (parameters and buffers), updated after
+    # every step, saved in every checkpoint (entry "ema") and restored by --resume; the trainer
+    # evaluates the averaged weights. d2go's key names and defaults (resbackbones.engine.ema).
+    cfg.MODEL_EMA = CN()
+    cfg.MODEL_EMA.ENABLED = False
+    # Weight of the old average at each step, in (0, 1): ema = DECAY * ema + (1 - DECAY) * w.
+    cfg.MODEL_EMA.DECAY = 0.999
+    # Where the average lives: "" (with the model) or a torch device, e.g. "cpu".
+    cfg.MODEL_EMA.DEVICE = ""
+    # With --eval-only: evaluate the checkpoint's averaged weights instead of its model weights.
+    cfg.MODEL_EMA.USE_EMA_WEIGHTS_FOR_EVAL_ONLY = False
+    # In training: evaluate the trained weights too, besides the average (results under "raw/").
+    cfg.MODEL_EMA.EVAL_BOTH = False
+    # Large-scale jitter for training (Detectron2's new baselines: ResizeScale + FixedSizeCrop
+    # with padding + horizontal flip; resbackbones.data.lsj). Replaces INPUT.MIN_SIZE_TRAIN,
+    # MAX_SIZE_TRAIN, RANDOM_FLIP and INPUT.CROP in training; testing keeps MIN/MAX_SIZE_TEST.
+    cfg.INPUT.LSJ = CN()
+    cfg.INPUT.LSJ.ENABLED = False
+    # Factors (low, high) of the random scale relative to fitting SIZE x SIZE; 0 < low <= high.
+    cfg.INPUT.LSJ.SCALE_RANGE = (0.1, 2.0)
+    # Side of the square training images (crops, or padded); at least INPUT.MIN_SIZE_TEST.
+    cfg.INPUT.LSJ.SIZE = 1024
     return cfg
 
 
@@ -222,8 +252,13 @@ def validate_config(cfg: CN) -> CN:
     check_channels_last(settings.CHANNELS_LAST)
     check_inference_amp(settings.INFERENCE_AMP)
     check_out_features(settings.OUT_FEATURES)
+    check_drop_path_rate(settings.DROP_PATH_RATE)
     if "DATA_VALIDATION" in cfg:
         check_validation_mode(cfg.DATA_VALIDATION.MODE)
+    if "MODEL_EMA" in cfg:
+        check_ema_decay(cfg.MODEL_EMA.DECAY)
+        check_ema_device(cfg.MODEL_EMA.DEVICE)
+    check_lsj(cfg)
     weights = settings.WEIGHTS
     looks_local = weights and weights != "imagenet" and "://" not in weights and not (
         is_timm_name(weights))

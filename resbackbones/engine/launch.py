@@ -32,6 +32,7 @@ from .distributed import (
     process_group_backend,
     validate_datasets_on_main_process,
 )
+from .ema import load_weights_for_evaluation
 from .trainer import Trainer, write_run_report
 
 __all__ = ["build_argument_parser", "main", "run", "setup_cfg"]
@@ -107,10 +108,11 @@ def main(args: argparse.Namespace) -> Dict:
         args.resume = True
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        ResBackboneCheckpointer(
+        # With MODEL_EMA.USE_EMA_WEIGHTS_FOR_EVAL_ONLY: the checkpoint's averaged weights.
+        load_weights_for_evaluation(cfg, model, ResBackboneCheckpointer(
             model, save_dir=cfg.OUTPUT_DIR,
             allow_partial_weights=cfg.MODEL.RESBACKBONE.ALLOW_PARTIAL_WEIGHTS,
-        ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        ), resume=args.resume)
         results = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)

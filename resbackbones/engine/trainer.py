@@ -19,6 +19,7 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetMapper, build_detection_train_loader
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer
+from detectron2.engine.hooks import EvalHook, PeriodicCheckpointer, PreciseBN
 from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
@@ -29,10 +30,12 @@ from resbackbones import compat
 from resbackbones._requirements import MissingExtraError
 from resbackbones.checkpoint.atomic import atomic_open
 from resbackbones.checkpoint.checkpointer import ResBackboneCheckpointer
+from resbackbones.data.lsj import build_lsj_train_mapper
 from resbackbones.data.robust_mapper import SkipCorruptedImages
 
 from .class_names import write_class_names
 from .distributed import RankAgreementHook
+from .ema import EMA_CHECKPOINT_KEY, EMAHook, build_model_ema, evaluate_with_ema
 from .evaluation import build_coco_evaluator
 from .plots import plot_metrics
 from .visualize import draw_predictions
@@ -169,8 +172,11 @@ class Trainer(PortableDefaultTrainer):
     """``DefaultTrainer`` + COCO box/mask evaluation, CPU bf16 autocast and a run report.
 
     ``SOLVER.AMP.ENABLED`` uses Detectron2's ``AMPTrainer`` (fp16 + GradScaler) on CUDA and
-    :class:`CPUAutocastTrainer` (bf16) on the CPU.
+    :class:`CPUAutocastTrainer` (bf16) on the CPU. ``MODEL_EMA.ENABLED`` keeps an EMA of the
+    weights (:mod:`resbackbones.engine.ema`, ``self.model_ema``), checkpointed and evaluated.
     """
+
+    model_ema = None  # the ModelEMA with MODEL_EMA.ENABLED (made in build_hooks)
 
     def build_inner_trainer(self, cfg: CfgNode, model: torch.nn.Module, data_loader,
                             optimizer: torch.optim.Optimizer) -> SimpleTrainer:
@@ -210,17 +216,41 @@ class Trainer(PortableDefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
         """Detectron2's loader, except that an image which fails to read is skipped (logged and
-        counted) instead of ending the run."""
-        return build_detection_train_loader(
-            cfg, mapper=SkipCorruptedImages(DatasetMapper(cfg, is_train=True)))
+        counted) instead of ending the run; with ``INPUT.LSJ.ENABLED`` its mapper applies
+        large-scale jitter (:mod:`resbackbones.data.lsj`)."""
+        lsj = "LSJ" in cfg.INPUT and cfg.INPUT.LSJ.ENABLED
+        mapper = build_lsj_train_mapper(cfg) if lsj else DatasetMapper(cfg, is_train=True)
+        return build_detection_train_loader(cfg, mapper=SkipCorruptedImages(mapper))
 
     def build_hooks(self):
         # DefaultTrainer made a plain DetectionCheckpointer just before calling this; checkpoints
         # are written atomically and Detectron2's own weights load into our backbones.
+        self.model_ema = build_model_ema(self.cfg, self._trainer.model)
+        ema = {EMA_CHECKPOINT_KEY: self.model_ema} if self.model_ema is not None else {}
         self.checkpointer = ResBackboneCheckpointer(
             self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self),
-            allow_partial_weights=self.cfg.MODEL.RESBACKBONE.ALLOW_PARTIAL_WEIGHTS)
+            allow_partial_weights=self.cfg.MODEL.RESBACKBONE.ALLOW_PARTIAL_WEIGHTS, **ema)
         hooks = super().build_hooks()
+        if self.model_ema is not None:
+            hooks = self._with_ema_hooks(hooks)
         hooks.append(_RunReportHook())  # after PeriodicWriter: metrics.json is complete
         hooks.append(RankAgreementHook())  # several processes: same weights on every rank?
         return hooks
+
+    def _with_ema_hooks(self, default_hooks):
+        """The EMA update goes before the hooks that save or evaluate the step's weights, and
+        the evaluation hook evaluates the average (:func:`evaluate_with_ema`)."""
+        def test_ema_and_save_results():
+            self._last_eval_results = evaluate_with_ema(self.test, self.cfg, self.model,
+                                                        self.model_ema)
+            return self._last_eval_results
+
+        result = []
+        for hook in default_hooks:
+            if isinstance(hook, (PreciseBN, PeriodicCheckpointer, EvalHook)) and not any(
+                    isinstance(h, EMAHook) for h in result):
+                result.append(EMAHook(self.model_ema))
+            if isinstance(hook, EvalHook):
+                hook = EvalHook(self.cfg.TEST.EVAL_PERIOD, test_ema_and_save_results)
+            result.append(hook)
+        return result

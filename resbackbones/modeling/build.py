@@ -117,6 +117,7 @@ def build_resbackbone_backbone(cfg: CfgNode, input_shape: Optional[ShapeSpec] = 
         fold_bn_for_inference=settings.FOLD_BN_FOR_INFERENCE,
         compile_for_inference=settings.COMPILE,
         return_channels_last=return_channels_last,
+        drop_path_rate=settings.DROP_PATH_RATE,
     )
     if settings.STRIDE_IN_1X1:
         set_stride_in_1x1(backbone)

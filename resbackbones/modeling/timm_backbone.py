@@ -32,8 +32,8 @@ from resbackbones.errors import ConfigError, check_choice
 from resbackbones.modeling.inference import FoldedInferenceCopy, is_compiling
 from resbackbones.modeling.norms import convert_norm
 
-__all__ = ["TimmBackbone", "CHANNELS_LAST_CHOICES", "check_channels_last", "check_freeze_at",
-           "check_out_features"]
+__all__ = ["TimmBackbone", "CHANNELS_LAST_CHOICES", "check_channels_last", "check_drop_path_rate",
+           "check_freeze_at", "check_out_features"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +75,28 @@ def check_freeze_at(value: int) -> int:
     return int(value)
 
 
-def _create_timm_model(timm_name: str) -> nn.Module:
+def check_drop_path_rate(value: float) -> float:
+    """The owner of ``MODEL.RESBACKBONE.DROP_PATH_RATE``: returns it as a float or raises.
+
+    A rate of 1 would drop every residual branch of the last block on every step, so the valid
+    range is [0, 1).
+    """
+    try:
+        rate = float(value)
+    except (TypeError, ValueError):
+        rate = float("nan")
+    if not 0.0 <= rate < 1.0:  # also refuses NaN
+        raise ConfigError(f"MODEL.RESBACKBONE.DROP_PATH_RATE {value!r} is invalid; valid: a "
+                          "number in [0, 1) (0 turns stochastic depth off; 0.1-0.3 is usual).")
+    return rate
+
+
+def _create_timm_model(timm_name: str, drop_path_rate: float = 0.0) -> nn.Module:
     """``timm.create_model`` with Detectron2's ResNet initialisation for training from scratch.
+
+    ``drop_path_rate`` > 0 is passed to timm, which builds the stochastic-depth (DropPath)
+    modules with a rate rising linearly over the blocks up to it; at 0 it is not passed at all,
+    so the model is exactly the one built without the setting.
 
     timm zero-initialises the last BN of every residual block (``zero_init_last``); Detectron2's
     built-in ResNet does not, because that hurt training from scratch. Measured here (Mask R-CNN
@@ -84,10 +104,19 @@ def _create_timm_model(timm_name: str) -> nn.Module:
     default, 3.8/5.0 without it (Detectron2's built-in R18: 7.6/8.9). Pretrained weights
     overwrite the initialisation, so this only matters from scratch.
     """
+    options = {"drop_path_rate": drop_path_rate} if drop_path_rate > 0 else {}
     try:
-        return timm.create_model(timm_name, pretrained=False, zero_init_last=False)
+        return timm.create_model(timm_name, pretrained=False, zero_init_last=False, **options)
     except TypeError:  # a timm family without that option
-        return timm.create_model(timm_name, pretrained=False)
+        pass
+    try:
+        return timm.create_model(timm_name, pretrained=False, **options)
+    except TypeError as error:
+        if not options:
+            raise
+        raise ConfigError(f"MODEL.RESBACKBONE.DROP_PATH_RATE {drop_path_rate} is set, but timm "
+                          f"model '{timm_name}' takes no drop_path_rate ({error}); valid for "
+                          "it: 0.") from error
 
 
 def _top_level_name(module_name: str) -> str:
@@ -110,6 +139,7 @@ class TimmBackbone(Backbone):
         fold_bn_for_inference: bool = False,
         compile_for_inference: bool = False,
         return_channels_last: bool = False,
+        drop_path_rate: float = 0.0,
     ) -> None:
         """
         Args:
@@ -122,6 +152,10 @@ class TimmBackbone(Backbone):
             compile_for_inference: ``torch.compile`` that copy (eager fallback on failure).
             return_channels_last: hand channels-last features on as they are (the FPN builders
                 set it: the FPN converts its own outputs back to NCHW once).
+            drop_path_rate: stochastic depth, timm's ``drop_path_rate``: in training, the
+                residual branch of block ``i`` of ``N`` is dropped with probability
+                ``rate * i / (N - 1)``; eval mode (and so the BN-folded copy and exports) never
+                drops. 0 builds the model without DropPath modules.
         """
         super().__init__()
         self.channels_last = check_channels_last(channels_last)
@@ -130,7 +164,8 @@ class TimmBackbone(Backbone):
         self._inference_body = FoldedInferenceCopy(compile_for_inference=compile_for_inference)
         self.entry = entry
         self._out_features = check_out_features(out_features)
-        body = _create_timm_model(entry.timm_name)
+        self.drop_path_rate = check_drop_path_rate(drop_path_rate)
+        body = _create_timm_model(entry.timm_name, self.drop_path_rate)
         if not hasattr(body, "forward_intermediates"):
             raise ValueError(f"timm model '{entry.timm_name}' has no forward_intermediates(); "
                              "it cannot be used as a resbackbones backbone.")
