@@ -106,6 +106,31 @@ def runner_detections(model_dir: Path, *images: np.ndarray):
     return results[0] if len(results) == 1 else results
 
 
+# TEST.DETECTIONS_PER_IMAGE in TINY: the top-k cut-off of the final detections.
+DETECTIONS_CAP = 20
+# Two candidates whose scores differ by less than this can trade places at the cut-off.
+TIE_TOLERANCE = 1e-3
+
+
+def assert_matched_up_to_the_cap(report: dict) -> None:
+    """Every detection of a ``compare_detections`` report matched, except where the two sides
+    keep different candidates at the DETECTIONS_CAP cut-off: the 20th and 21st candidates of a
+    random head can score within 1e-5 of each other (or both 1.0), and ~1e-5 differences
+    between ONNX Runtime's and PyTorch's kernels then decide which is kept (seen in 2 of 112
+    comparisons on 2026-12-05, each time one detection a side, scored within 6e-6 of the other
+    side's). An unmatched detection is accepted only on a side holding the cap, with a score
+    within TIE_TOLERANCE of that side's lowest, and at most one a side."""
+    for side in ("reference", "other"):
+        unmatched = report[f"unmatched_{side}_scores"]
+        if not unmatched:
+            continue
+        lowest = report[f"lowest_{side}_score"]
+        assert report[side] == DETECTIONS_CAP and len(unmatched) == 1 and \
+            unmatched[0] - lowest <= TIE_TOLERANCE, (
+                f"{len(unmatched)} {side} detection(s) unmatched, not a tie at the "
+                f"{DETECTIONS_CAP}-detection cut-off: {report}")
+
+
 def assert_same_detections(reference: dict, other: dict, large_mask_iou: float = 0.99,
                            small_mask_iou: float = 0.99) -> None:
     """All detections matched one to one; boxes within 0.5 px, scores within 1e-3, the same
@@ -114,7 +139,7 @@ def assert_same_detections(reference: dict, other: dict, large_mask_iou: float =
     box difference already moves."""
     report = compare_detections(reference, other)
     assert report["reference"] > 0, "the test model must detect something"
-    assert report["matched"] == report["reference"] == report["other"], report
+    assert_matched_up_to_the_cap(report)
     assert report["max_box_difference_px"] < 0.5, report
     assert report["max_score_difference"] < 1e-3, report
     assert report["classes_equal"], report

@@ -42,6 +42,7 @@ from export_helpers import (  # noqa: E402
     ONE_PER_FAMILY,
     RETINANET,
     TINY,
+    assert_matched_up_to_the_cap,
     assert_same_detections,
     eager_detections,
     model_input,

@@ -35,7 +35,9 @@ def mutated_images(draw):
     return bytes(data[:cut]) + draw(st.binary(max_size=64))
 
 
-FUZZ_SETTINGS = settings(max_examples=150, deadline=None,
+# derandomize: the same 150 inputs on every run, so the suite never fails at random; a failure
+# found is replayed exactly. Fuzz with fresh inputs by running with --hypothesis-seed=random.
+FUZZ_SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
                          suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -51,21 +53,24 @@ def test_demo_decoder_returns_rgb_or_readable_error(data):
 
 
 @pytest.fixture(scope="module")
-def robust_mapper():
+def dataset_mapper():
     from detectron2.config import get_cfg
     from detectron2.data import DatasetMapper
-
-    from resbackbones.data.robust_mapper import SkipCorruptedImages
 
     cfg = get_cfg()
     cfg.INPUT.MIN_SIZE_TRAIN = (24,)
     cfg.INPUT.MAX_SIZE_TRAIN = 64
-    return SkipCorruptedImages(DatasetMapper(cfg, is_train=True))
+    return DatasetMapper(cfg, is_train=True)
 
 
 @FUZZ_SETTINGS
 @given(data=st.one_of(st.binary(max_size=4096), mutated_images()))
-def test_data_loader_mapper_returns_sample_or_skips(robust_mapper, tmp_path_factory, data):
+def test_data_loader_mapper_returns_sample_or_skips(dataset_mapper, tmp_path_factory, data):
+    from resbackbones.data.robust_mapper import SkipCorruptedImages
+
+    # A fresh wrapper per input: its count of failures in a row (which stops a run whose data set
+    # is gone) must not carry over from earlier inputs, or a replayed input behaves differently.
+    robust_mapper = SkipCorruptedImages(dataset_mapper)
     path = tmp_path_factory.mktemp("fuzz") / "image.png"
     path.write_bytes(data)
     record = {"file_name": str(path), "image_id": 0, "annotations": []}

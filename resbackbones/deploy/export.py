@@ -496,6 +496,11 @@ def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
+def _lowest(scores) -> Optional[float]:
+    scores = np.asarray(scores).ravel()
+    return float(scores.min()) if len(scores) else None
+
+
 def compare_detections(reference: Dict[str, np.ndarray], other: Dict[str, np.ndarray],
                        large_mask_pixels: int = 400) -> Dict[str, Any]:
     """Match two sets of detections one to one (same class, box IoU > 0.9, greedily by the
@@ -504,7 +509,9 @@ def compare_detections(reference: Dict[str, np.ndarray], other: Dict[str, np.nda
     ``masks`` may be (N, 1, M, M) probabilities (thresholded at 0.5) or (N, H, W) booleans.
 
     Returns:
-        ``reference``/``other``/``matched`` counts and, over the matched detections,
+        ``reference``/``other``/``matched`` counts, the scores of the detections left
+        unmatched on either side (``unmatched_reference_scores``, ``unmatched_other_scores``)
+        and each side's lowest score (None when empty), and, over the matched detections,
         ``max_box_difference_px``, ``max_score_difference``, ``classes_equal`` and, when both
         have masks, ``min_mask_iou`` and ``min_large_mask_iou`` (over reference masks of at
         least ``large_mask_pixels`` pixels: for a mask of a few dozen pixels a box shifted by
@@ -513,7 +520,13 @@ def compare_detections(reference: Dict[str, np.ndarray], other: Dict[str, np.nda
     boxes_a, boxes_b = reference["boxes"].reshape(-1, 4), other["boxes"].reshape(-1, 4)
     report: Dict[str, Any] = {"reference": int(len(boxes_a)), "other": int(len(boxes_b)),
                               "matched": 0, "max_box_difference_px": 0.0,
-                              "max_score_difference": 0.0, "classes_equal": True}
+                              "max_score_difference": 0.0, "classes_equal": True,
+                              "lowest_reference_score": _lowest(reference["scores"]),
+                              "lowest_other_score": _lowest(other["scores"]),
+                              "unmatched_reference_scores": sorted(
+                                  float(x) for x in np.asarray(reference["scores"]).ravel()),
+                              "unmatched_other_scores": sorted(
+                                  float(x) for x in np.asarray(other["scores"]).ravel())}
     if len(boxes_a) == 0 or len(boxes_b) == 0:
         return report
     iou = _box_iou(boxes_a.astype(np.float64), boxes_b.astype(np.float64))
@@ -526,6 +539,11 @@ def compare_detections(reference: Dict[str, np.ndarray], other: Dict[str, np.nda
         if candidates[best] > 0.9:
             taken[best] = True
             pairs.append((index, best))
+    matched_a = {index for index, _ in pairs}
+    report["unmatched_reference_scores"] = sorted(
+        float(reference["scores"][i]) for i in range(len(boxes_a)) if i not in matched_a)
+    report["unmatched_other_scores"] = sorted(
+        float(other["scores"][i]) for i in range(len(boxes_b)) if not taken[i])
     if not pairs:
         return report
     a, b = (np.array(side) for side in zip(*pairs))
